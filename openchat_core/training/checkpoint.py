@@ -1,0 +1,87 @@
+"""The per-epoch checkpoint format, written atomically.
+
+A checkpoint is a Hugging Face model folder that transformers, vLLM and MLflow load as-is:
+config.json + safetensors, the tokenizer with the model type's `chat_template`, a
+`generation_config.json` whose eos ids include the template's EOT (so `generate` and vLLM stop at
+the end of a turn), and `openchat.json` (model type, epoch, config, data digest).
+
+It is written to `<dir>.partial` and renamed when complete: a folder without the `.partial`
+suffix and with `openchat.json` is, by construction, a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from openchat_core.templates.model_types import get_model_type
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+METADATA_FILE = "openchat.json"
+TRAINER_STATE_DIR = "trainer_state"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    model_type: str
+    epoch: int | None
+    metadata: dict[str, Any]
+
+
+def save_checkpoint(out_dir: Path | str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_type: str,
+                    metadata: dict[str, Any] | None = None, state_dict: dict[str, Any] | None = None) -> Path:
+    """Write a complete, self-describing checkpoint folder atomically; returns its path."""
+    from transformers import GenerationConfig
+
+    from openchat_core.training.model_factory import generation_eos_ids
+
+    mt = get_model_type(model_type)
+    out = Path(out_dir)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    model.save_pretrained(str(partial), state_dict=state_dict, safe_serialization=True)
+    tokenizer.chat_template = mt.hf_chat_template
+    tokenizer.save_pretrained(str(partial))
+    eos_ids = generation_eos_ids(tokenizer, mt.eot)
+    GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids,
+                     pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[-1],
+                     do_sample=False).save_pretrained(str(partial))
+    meta = {"model_type": mt.name, **(metadata or {})}
+    (partial / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    return out
+
+
+def is_complete_checkpoint(path: Path | str) -> bool:
+    p = Path(path)
+    return not p.name.endswith(".partial") and (p / METADATA_FILE).is_file() and (p / "config.json").is_file()
+
+
+def read_checkpoint(path: Path | str) -> CheckpointInfo:
+    p = Path(path)
+    if not is_complete_checkpoint(p):
+        raise FileNotFoundError(f"{p} is not a complete checkpoint (no {METADATA_FILE}/config.json, or still .partial)")
+    meta = json.loads((p / METADATA_FILE).read_text())
+    return CheckpointInfo(path=p, model_type=meta["model_type"], epoch=meta.get("epoch"), metadata=meta)
+
+
+def epoch_checkpoint_dir(root: Path | str, epoch: int) -> Path:
+    return Path(root) / f"ep_{epoch}"
+
+
+def list_epoch_checkpoints(root: Path | str) -> list[CheckpointInfo]:
+    """Complete `ep_N` checkpoints under a training output folder, by epoch; partial ones are ignored."""
+    found = []
+    for child in sorted(Path(root).glob("ep_*")):
+        if is_complete_checkpoint(child):
+            found.append(read_checkpoint(child))
+    return sorted(found, key=lambda c: c.epoch if c.epoch is not None else -1)
