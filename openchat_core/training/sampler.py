@@ -159,27 +159,30 @@ def _pack_windows(lengths, capacity, window_tokens, carry_cap, slack):  # pragma
     return bin_of, num_bins
 
 
-def _complete_final_step(bins: list[np.ndarray], lengths: np.ndarray, num_ranks: int, tail: int) -> None:
-    """Turn the last `tail` bins into `num_ranks` non-empty bins, in place, never exceeding capacity.
+def _complete_final_step(bin_of: np.ndarray, lengths: np.ndarray, num_bins: int, num_ranks: int) -> None:
+    """Turn the last `num_bins % num_ranks` bins into `num_ranks` non-empty bins, editing `bin_of`.
 
-    A sequence only ever moves from a bin holding at least two into a bin lighter than the donor
-    minus that sequence, so every receiver stays below a load that already fitted, no donor is
-    emptied, and each move lowers the sum of squared loads (the final step ends up balanced).
-    The caller guarantees enough sequences: len(all) >= len(bins) + num_ranks - tail.
+    New bins take the next ids. A sequence only ever moves out of a bin holding at least two, into
+    a bin whose load plus that sequence stays below the donor's load, so no bin exceeds a load that
+    already fitted, no donor is emptied, and each move lowers the sum of squared loads (the step
+    ends balanced). If the final bins hold fewer sequences than ranks, the shortest sequences of the
+    most crowded other bins are borrowed. The caller guarantees len(bin_of) >= the bins needed.
     """
-    cut = len(bins) - tail
-    final = [list(b) for b in bins[cut:]] + [[] for _ in range(num_ranks - tail)]
-    missing = num_ranks - sum(len(b) for b in final)
-    for i in sorted(range(cut), key=lambda i: -len(bins[i])):  # too few sequences: borrow the shortest elsewhere
-        if missing <= 0 or len(bins[i]) < 2:
-            break
-        order = np.argsort(lengths[bins[i]], kind="stable")
-        spare = min(len(order) - 1, missing)
-        final[-1].extend(bins[i][order[:spare]].tolist())
-        bins[i] = bins[i][np.sort(order[spare:])]
-        missing -= spare
+    first = num_bins - num_bins % num_ranks
+    final = [np.flatnonzero(bin_of == b).tolist() for b in range(first, num_bins)]
+    final += [[] for _ in range(num_ranks - len(final))]
+    missing = num_ranks - sum(map(len, final))
+    if missing > 0:
+        counts = np.bincount(bin_of, minlength=num_bins)[:first]
+        for b in np.argsort(-counts, kind="stable"):
+            if missing <= 0 or counts[b] < 2:
+                break
+            members = np.flatnonzero(bin_of == b)
+            spare = members[np.argsort(lengths[members], kind="stable")[: min(counts[b] - 1, missing)]]
+            final[-1].extend(spare.tolist())
+            missing -= len(spare)
 
-    loads = [int(lengths[b].sum()) if b else 0 for b in final]
+    loads = [int(lengths[members].sum()) for members in final]
 
     def move(h: int, lo: int) -> bool:
         sizes = lengths[final[h]]
@@ -195,11 +198,12 @@ def _complete_final_step(bins: list[np.ndarray], lengths: np.ndarray, num_ranks:
 
     for lo in [i for i in range(num_ranks) if not final[i]]:  # every rank gets a sequence
         move(max((i for i in range(num_ranks) if len(final[i]) >= 2), key=loads.__getitem__), lo)
-    for _ in range(4 * num_ranks * num_ranks):  # then even out the step; a bounded number of moves suffices
+    for _ in range(4 * num_ranks * num_ranks):  # then even the step out; a bounded number of moves suffices
         donors = [i for i in range(num_ranks) if len(final[i]) >= 2]
         if not donors or not move(max(donors, key=loads.__getitem__), min(range(num_ranks), key=loads.__getitem__)):
             break
-    bins[cut:] = [np.asarray(b, dtype=np.int64) for b in final]
+    for k, members in enumerate(final):
+        bin_of[members] = first + k
 
 
 class MultipackSampler:
@@ -244,50 +248,46 @@ class MultipackSampler:
         bin_of, num_bins = _pack_windows(lengths, c, window, window // _CARRY_SHARE,
                                          max(c // _SLACK_DIVISOR, int(self.lengths.min()) - 1))
 
-        by_bin = np.argsort(bin_of, kind="stable")
-        counts = np.bincount(bin_of, minlength=num_bins)
+        # Renumber bins fullest first, so the part-empty ones share the final step.
         loads = np.bincount(bin_of, weights=lengths, minlength=num_bins)
-        bins = np.split(perm[by_bin], np.cumsum(counts)[:-1])
-        bins = [bins[i] for i in np.argsort(-loads, kind="stable")]  # fullest first: part-empty bins share the final step
-
-        dropped: list[np.ndarray] = []
-        tail = len(bins) % n
-        if tail:
-            if len(self.lengths) >= len(bins) + n - tail:
-                _complete_final_step(bins, self.lengths, n, tail)
-            else:  # not enough sequences to give every rank one: the final step cannot exist
-                dropped, bins = bins[len(bins) - tail:], bins[: len(bins) - tail]
-        if self.drop_last and len(bins) > n:  # the final step holds the emptiest bins
-            step_tokens = _bin_sums(bins, self.lengths).reshape(-1, n).sum(axis=1)
+        fullest_first = np.empty(num_bins, dtype=np.int64)
+        fullest_first[np.argsort(-loads, kind="stable")] = np.arange(num_bins)
+        bin_of = fullest_first[bin_of]
+        if num_bins % n:
+            if len(bin_of) >= num_bins + n - num_bins % n:
+                _complete_final_step(bin_of, lengths, num_bins, n)
+                num_bins += n - num_bins % n
+            else:  # fewer sequences than the final step has ranks: it cannot exist
+                num_bins -= num_bins % n
+                bin_of[bin_of >= num_bins] = -1
+        if self.drop_last and num_bins > n:
+            placed = bin_of >= 0
+            step_tokens = np.bincount(bin_of[placed] // n, weights=lengths[placed], minlength=num_bins // n)
             if step_tokens[-1] * len(step_tokens) < step_tokens.sum():
-                dropped, bins = dropped + bins[-n:], bins[:-n]
+                num_bins -= n
+                bin_of[bin_of >= num_bins] = -1
 
-        # Random step order, random rank order within a step; indices sorted within a batch for read locality.
-        num_steps = len(bins) // n
-        order = (rng.permutation(num_steps)[:, None] * n + np.stack([rng.permutation(n) for _ in range(num_steps)]))
-        bins = [bins[i] for i in order.ravel()]
-        sizes = np.fromiter(map(len, bins), dtype=np.int64, count=len(bins))
-        bin_id = np.repeat(np.arange(len(bins)), sizes)
-        flat = np.concatenate(bins)
-        flat = flat[np.lexsort((flat, bin_id))]
-        pieces = np.split(flat, np.cumsum(sizes)[:-1])
-        rank_num_seqs = np.bincount(bin_id, weights=self.num_seqs[flat], minlength=len(bins)).reshape(num_steps, n)
+        # Random step order and rank order within each step; indices sorted within a batch for read locality.
+        num_steps = num_bins // n
+        slots = (rng.permutation(num_steps)[:, None] * n + rng.permuted(np.tile(np.arange(n), (num_steps, 1)), axis=1))
+        placed = bin_of >= 0
+        slot = slots.ravel()[bin_of[placed]]
+        indices = perm[placed]
+        order = np.argsort(slot * len(perm) + indices)
+        indices, slot = indices[order], slot[order]
+        ends = np.cumsum(np.bincount(slot, minlength=num_bins)).tolist()
+        batches = [indices[start:end] for start, end in zip([0, *ends[:-1]], ends)]
+        rank_num_seqs = np.bincount(slot, weights=self.num_seqs[indices], minlength=num_bins).reshape(num_steps, n)
         return EpochPlan(
             epoch=epoch,
             num_ranks=n,
-            batches=[pieces[s * n:(s + 1) * n] for s in range(num_steps)],
+            batches=[batches[s * n:(s + 1) * n] for s in range(num_steps)],
             global_num_seqs=rank_num_seqs.sum(axis=1),
             rank_num_seqs=rank_num_seqs,
-            used_tokens=int(self.lengths[flat].sum()),
+            used_tokens=int(lengths[placed].sum()),
             offered_tokens=num_steps * n * c,
-            dropped=np.sort(np.concatenate(dropped)) if dropped else np.empty(0, dtype=np.int64),
+            dropped=np.sort(perm[~placed]),
         )
-
-
-def _bin_sums(bins: list[np.ndarray], values: np.ndarray) -> np.ndarray:
-    """values summed per bin, without a Python-level loop over thousands of bins."""
-    sizes = np.fromiter(map(len, bins), dtype=np.int64, count=len(bins))
-    return np.bincount(np.repeat(np.arange(len(bins)), sizes), weights=values[np.concatenate(bins)], minlength=len(bins))
 
 
 def _positive_int(name: str, value) -> int:

@@ -9,11 +9,11 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from openchat_core.training.sampler import EpochPlan, MultipackSampler, OverlongSequenceError
+from openchat_core.training.sampler import EpochPlan, MultipackSampler, OverlongSequenceError, _complete_final_step
 
 PROPERTY = settings(max_examples=150, deadline=None)
 
@@ -24,8 +24,9 @@ def packing_inputs(draw, max_size: int = 200):
     capacity = draw(st.integers(1, 600))
     num_ranks = draw(st.integers(1, 8))
     size = draw(st.integers(num_ranks, max(num_ranks, max_size)))
-    high = draw(st.integers(1, capacity))  # cap on lengths, so the tiny-sequence regime gets explored too
-    lengths = draw(arrays(np.int64, size, elements=st.integers(1, high)))
+    high = draw(st.integers(1, capacity))  # a band of lengths: all tiny, all near capacity / k, or anything
+    low = draw(st.integers(1, high))
+    lengths = draw(arrays(np.int64, size, elements=st.integers(low, high)))
     num_seqs = draw(arrays(np.float64, size, elements=st.floats(0, 50, allow_nan=False, allow_infinity=False)))
     seed = draw(st.integers(0, 2**32))
     epoch = draw(st.integers(0, 10_000))
@@ -178,6 +179,28 @@ def test_drop_last_only_drops_a_final_step_that_lowers_efficiency(case):
     assert b.efficiency >= a.efficiency
     assert b.num_steps in (a.num_steps, a.num_steps - 1)
     assert (b.num_steps < a.num_steps) == (len(b.dropped) > len(a.dropped))
+
+
+@PROPERTY
+@given(st.data())
+def test_completing_the_final_step_never_overfills_or_empties_a_bin(data):
+    """The final-step repair on its own: bins only shrink or stay under a load that already fitted."""
+    num_ranks = data.draw(st.integers(2, 8))
+    items = st.lists(st.integers(1, 60), min_size=1, max_size=6)
+    head = data.draw(st.lists(items, min_size=num_ranks, max_size=num_ranks))  # one full step, to borrow from
+    tail = data.draw(st.lists(items, min_size=1, max_size=num_ranks - 1))
+    bins = head + tail
+    assume(sum(map(len, bins)) >= len(head) + num_ranks)  # the caller's precondition: enough sequences
+    lengths = np.array([x for b in bins for x in b], dtype=np.int64)
+    bin_of = np.repeat(np.arange(len(bins)), [len(b) for b in bins])
+    before = np.bincount(bin_of, weights=lengths)
+    _complete_final_step(bin_of, lengths, len(bins), num_ranks)
+
+    after = np.bincount(bin_of, weights=lengths)
+    assert len(after) == len(head) + num_ranks and np.all(np.bincount(bin_of) >= 1)
+    assert np.all(after[: len(head)] <= before[: len(head)])  # borrowing only takes from full steps
+    # a final bin is never heavier than the heaviest original final bin, or the single sequence it holds
+    assert after[len(head):].max() <= max(before[len(head):].max(), lengths.max())
 
 
 # --- quality on a realistic mix (efficiency, not timing) ----------------------------------------
