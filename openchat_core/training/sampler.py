@@ -5,8 +5,9 @@ sequences totalling at most `batch_max_len` tokens. The plan for an epoch is com
 identically on every rank, from (seed, epoch) alone, so ranks agree on the number of steps (a
 collective can't hang) and on the global `num_seqs` of each step (the loss normaliser).
 
-Algorithm (why it beats OpenChat's prefix binary search, which packs only `num_ranks` bins at a
-time and so leaves each step's last bin part-empty):
+Algorithm. OpenChat's sampler binary-searches the longest prefix of the permutation that fits
+`num_ranks` bins, so every step keeps whatever gaps that prefix left (with one rank it is plain
+next-fit, ~85% full), and it drops the incomplete last step. Here:
 
 1. Permute the dataset with a generator seeded by (seed, epoch).
 2. Walk the permutation in windows of about `_WINDOW_BINS` bins' worth of tokens and pack each
@@ -21,7 +22,10 @@ time and so leaves each step's last bin part-empty):
    dropping the final step raises efficiency.
 4. Shuffle step order and the rank order within each step, so lengths are not sorted in time.
 
-Numba compiles the packing loop on first use (about a second; cached on disk afterwards).
+Guarantees (tested as properties): each index at most once per epoch and used + dropped = all;
+no batch over `batch_max_len`; every rank has a non-empty batch at every step; the same (seed,
+epoch) gives the same plan on any machine. Numba compiles the packing loop on first use (about
+three seconds cold, import included; cached on disk afterwards).
 """
 
 from __future__ import annotations
@@ -217,8 +221,8 @@ class MultipackSampler:
         seed: with the epoch, fully determines the plan.
         drop_last: drop the final (part-empty) step's sequences when that raises efficiency, i.e.
             when the step is emptier than the epoch's average, as OpenChat does with its incomplete
-            last step. Off by default: that step costs at most one step of time (less, padding-free),
-            and no data is skipped.
+            last step (a different random set each epoch). Off by default: no data is skipped, and
+            that one step costs at most one step of time (padding-free, less: compute follows tokens).
     """
 
     def __init__(self, lengths: np.ndarray, num_seqs: np.ndarray, batch_max_len: int, num_ranks: int = 1,
