@@ -10,11 +10,13 @@ Algorithm. OpenChat's sampler binary-searches the longest prefix of the permutat
 next-fit, ~85% full), and it drops the incomplete last step. Here:
 
 1. Permute the dataset with a generator seeded by (seed, epoch).
-2. Walk the permutation in windows of about `_WINDOW_BINS` bins' worth of tokens and pack each
-   window with best-fit-decreasing. Bins with more free space than a small slack are not closed:
-   their sequences are carried into the next window (capped, so adversarial inputs stay linear).
-   Windows are random, so bin compositions change from epoch to epoch; they are wide, so the
-   plentiful short sequences fill the gaps the long ones leave (near the minimum bin count).
+2. Walk the permutation in windows of up to `_WINDOW_BINS` bins' worth of tokens (and at least
+   `_MIN_WINDOWS` windows per epoch) and pack each window with best-fit-decreasing. Bins with more
+   free space than a small slack are not closed: their sequences are carried into the next window
+   (capped, so adversarial inputs stay linear), which makes window edges nearly free. Windows are
+   wide, so the plentiful short sequences fill the gaps the long ones leave (close to the minimum
+   bin count); they are random and never the whole dataset, so bin compositions change from epoch
+   to epoch (one window over a sorted dataset would rebuild the same bins every epoch).
 3. Sort bins by fill and group them `num_ranks` at a time into steps, so the part-empty bins
    share one final step. That step is completed with non-empty bins by moving single sequences
    (always within capacity), then balanced; sequences are dropped only when the dataset has fewer
@@ -37,6 +39,7 @@ import numpy as np
 from numba import njit
 
 _WINDOW_BINS = 64  # bins' worth of tokens per best-fit window: wider packs tighter, cost is linear in it
+_MIN_WINDOWS = 8  # windows per epoch at least, so small datasets still get new bin compositions each epoch
 _CARRY_SHARE = 4  # carried tokens are capped at window / _CARRY_SHARE, which bounds the work per window
 _SLACK_DIVISOR = 256  # a bin at least (1 - 1/256) full is closed even if a short sequence could still fit
 
@@ -248,7 +251,7 @@ class MultipackSampler:
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch]))  # (0, 1) != (1, 0), unlike seed + epoch
         perm = rng.permutation(len(self.lengths))
         lengths = self.lengths[perm]
-        window = _WINDOW_BINS * c
+        window = max(2 * c, min(_WINDOW_BINS * c, int(self.lengths.sum()) // _MIN_WINDOWS))
         bin_of, num_bins = _pack_windows(lengths, c, window, window // _CARRY_SHARE,
                                          max(c // _SLACK_DIVISOR, int(self.lengths.min()) - 1))
 

@@ -142,14 +142,15 @@ def test_same_seed_and_epoch_give_the_same_plan(case):
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.integers(0, 2**32), st.integers(0, 1000), st.sampled_from([(512, 1), (2048, 1), (2048, 4), (8192, 8)]))
+@given(st.integers(0, 2**32), st.integers(0, 1000), st.sampled_from([(512, 1), (2048, 4), (8192, 8), (32768, 2)]))
 def test_batch_composition_changes_between_epochs(seed, epoch, config):
     capacity, num_ranks = config
     lengths = chat_lengths(2000, seed, capacity)
     sampler = MultipackSampler(lengths, np.ones(len(lengths)), capacity, num_ranks, seed)
-    bins = [{frozenset(b.tolist()) for b in all_batches(sampler.plan(e))} for e in (epoch, epoch + 1)]
+    # batches of two or more sequences (a sequence as long as the batch is always alone: not a choice)
+    bins = [{frozenset(b.tolist()) for b in all_batches(sampler.plan(e)) if len(b) > 1} for e in (epoch, epoch + 1)]
     shared = len(bins[0] & bins[1]) / len(bins[0])
-    assert shared < 0.5  # mostly new groupings of sequences, not the same batches reordered
+    assert shared < 0.15  # new groupings of sequences, not the same batches reordered
 
 
 @settings(max_examples=15, deadline=None)
