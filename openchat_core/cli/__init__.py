@@ -13,13 +13,14 @@ import importlib.metadata
 
 import typer
 
-from openchat_core.cli import data_commands
+from openchat_core.cli import data_commands, train_commands
 
 
 def build_app() -> typer.Typer:
     app = typer.Typer(name="openchat", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                       help="OpenChat's C-RLFT training system as a pipeline: data, training, evaluation, registry, serving.")
     data_commands.register(app)
+    train_commands.register(app)
     for entry_point in importlib.metadata.entry_points(group="openchat.commands"):
         entry_point.load()(app)
     return app
