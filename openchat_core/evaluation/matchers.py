@@ -9,7 +9,7 @@ its scoring bugs fixed:
   `"label": "18"`): "8" in "18" is True, and so is "" in anything.
 - GSM8K numbers are parsed with their sign, thousands separators and decimals, and compared as
   numbers ("18", "18.0", "18.00" are equal; "1,800" is 1800). OpenChat's regex `\\d*\\.?\\d+`
-  reads "2,125" as "125" and "-10" as "10", so the 18 GSM8K test questions whose labels have a
+  reads "2,125" as "125" and "-10" as "10", so the 16 GSM8K test questions whose labels have a
   comma or a minus sign can never be scored correct, whatever the model says.
 - BBH/MMLU option letters are taken by position (the first "(X)" after "answer is"), not by
   alphabetical scan: OpenChat reads "the answer is (C), not (A)" as (A).
