@@ -66,6 +66,43 @@ def test_stops_at_the_stop_id_and_returns_nothing_after_it(checkpoint, engine, p
     assert got.text == engine.tokenizer.decode(list(free[:k]), skip_special_tokens=True)
 
 
+def _model_emitting(engine, token: int, instead_of: int):
+    """A copy of the model whose output row for `token` is `instead_of`'s, scaled up by 0.1%.
+
+    With untied embeddings only the output layer changes: wherever the model would emit
+    `instead_of` (a positive top logit), it now emits `token`, and nothing else changes.
+    """
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(engine.model)
+    with torch.no_grad():
+        weight = model.get_output_embeddings().weight
+        weight[token] = weight[instead_of] * 1.001
+    return model
+
+
+def test_stops_at_the_templates_eot(engine, prompts):
+    free = engine.generate(prompts[:1], 12)[0].token_ids
+    assert 32000 not in free
+    k = next(i for i in range(2, len(free)) if free[i] not in free[:i])
+    eot_at_k = type(engine)(_model_emitting(engine, 32000, free[k]), engine.tokenizer, engine.stop_token_ids)
+    got = eot_at_k.generate(prompts[:1], 12)[0]
+    assert got == Generation(engine.tokenizer.decode(list(free[:k]), skip_special_tokens=True), free[:k] + (32000,), "stop")
+
+
+def test_the_tokenizers_eos_does_not_stop_generation(engine, prompts):
+    """OpenChat evaluates with ignore_eos=True: only EOT ends an answer, even though the checkpoint's
+    generation_config lists EOS (2) too."""
+    free = engine.generate(prompts[:1], 12)[0].token_ids
+    k = next(i for i in range(2, len(free)) if free[i] not in free[:i])
+    eos_at_k = type(engine)(_model_emitting(engine, 2, free[k]), engine.tokenizer, engine.stop_token_ids)
+    got = eos_at_k.generate(prompts[:1], 12)[0]
+    assert got.finish_reason == "length" and len(got.token_ids) == 12
+    assert got.token_ids[: k + 1] == free[:k] + (2,)
+
+
 def test_batched_left_padding_matches_one_prompt_at_a_time(engine, prompts):
     assert len({len(p) for p in prompts}) > 2  # different lengths, so batches are padded
     batched = engine.generate(prompts, 8)
