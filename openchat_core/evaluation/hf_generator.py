@@ -53,8 +53,9 @@ class TransformersGenerator:
         from openchat_core.training.model_factory import load_base_model
 
         model, tokenizer = load_base_model(str(model_dir), dtype=dtype, attn_implementation=attn_implementation)
-        stops = list(stop_token_ids) if stop_token_ids else stop_token_ids_for(tokenizer, resolve_model_type(model_dir, model_type))
-        return cls(model, tokenizer, stops, batch_size=batch_size, model_path=str(model_dir))
+        if not stop_token_ids:
+            stop_token_ids = stop_token_ids_for(tokenizer, resolve_model_type(model_dir, model_type))
+        return cls(model, tokenizer, list(stop_token_ids), batch_size=batch_size, model_path=str(model_dir))
 
     def describe(self) -> dict[str, Any]:
         import torch

@@ -157,7 +157,7 @@ def run_generation_eval(model_dir: Path | str, eval_data_root: Path | str, eval_
         raise RuntimeError(f"engine {generator.name} returned {len(generations)} generations for {len(prompts)} prompts")
 
     t0 = time.perf_counter()
-    results = [score_question(q, g, len(p)) for q, g, p in zip(data.questions, generations, prompts)]
+    results = [score_question(q, g, len(p)) for q, g, p in zip(data.questions, generations, prompts, strict=True)]
     timings["score_s"] = round(time.perf_counter() - t0, 3)
     overall, task_types, tasks = aggregate(results)
     summary = EvalSummary(

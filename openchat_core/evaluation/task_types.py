@@ -14,8 +14,8 @@ from types import MappingProxyType
 from typing import Any
 
 from openchat_core.evaluation import matchers
-from openchat_core.evaluation.math_answer import ground_truth_answer, match_math
 from openchat_core.evaluation.matchers import Matcher, MatchResult
+from openchat_core.evaluation.math_answer import ground_truth_answer, match_math
 
 
 class RowError(ValueError):

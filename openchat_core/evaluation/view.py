@@ -58,7 +58,7 @@ def load_runs(paths: Sequence[Path | str], labels: Sequence[str] | None = None) 
     if labels is None and len(set(names)) != len(names):
         names = [f"{d.parent.name}/{d.name}" for d in dirs]
     runs = []
-    for name, d in zip(names, dirs):
+    for name, d in zip(names, dirs, strict=True):
         summary = EvalSummary.model_validate_json((d / SUMMARY_FILE).read_text())
         runs.append(RunSummary(label=name, path=d, summary=summary))
     return runs

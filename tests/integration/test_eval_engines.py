@@ -20,7 +20,6 @@ import pytest
 
 from openchat_core.evaluation.generation import find_serve_python
 from openchat_core.evaluation.runner import run_generation_eval
-
 from tests.unit.eval_models import save_tiny_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -68,9 +67,9 @@ def test_vllm_and_transformers_agree_on_greedy_answers(tmp_path):
     print(f"timings: transformers generate {hf.timings['generate_s']} s; vLLM worker wall "
           f"{vl.timings['engine_run'].get('wall_s')} s (engine start {vl.timings['engine_run'].get('engine_start_s')} s, "
           f"generate {vl.timings['engine_run'].get('generate_s')} s)")
-    for (a, b), ok in zip(pairs, same):
+    for (a, b), ok in zip(pairs, same, strict=True):
         if not ok:
-            k = next((i for i, (x, y) in enumerate(zip(a.output_token_ids, b.output_token_ids)) if x != y),
+            k = next((i for i, (x, y) in enumerate(zip(a.output_token_ids, b.output_token_ids, strict=False)) if x != y),
                      min(len(a.output_token_ids), len(b.output_token_ids)))
             print(f"  MISMATCH {a.task_name}:{a.line} first differing token #{k}: "
                   f"hf={a.output_token_ids[k:k + 4]} vllm={b.output_token_ids[k:k + 4]}")

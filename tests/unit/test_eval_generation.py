@@ -8,7 +8,6 @@ import pytest
 
 from openchat_core.evaluation import generation
 from openchat_core.evaluation.generation import Generation, Generator, cut_at_stop, make_generator
-
 from tests.unit.eval_models import save_tiny_checkpoint
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from openchat_core.evaluation import matchers
 from openchat_core.evaluation.grading import math_grader
-from openchat_core.evaluation.math_answer import extract_math_answer, last_boxed_content, match_math
 from openchat_core.evaluation.matchers import MatchResult, canonical_number
+from openchat_core.evaluation.math_answer import extract_math_answer, last_boxed_content, match_math
 from openchat_core.evaluation.task_types import UnknownTaskTypeError, get_task_type, known_task_types, match_answer
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "eval_data"

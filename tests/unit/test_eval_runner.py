@@ -15,7 +15,6 @@ from openchat_core.evaluation.eval_data import load_eval_data
 from openchat_core.evaluation.generation import Generation
 from openchat_core.evaluation.runner import run_generation_eval, strip_first_space
 from openchat_core.evaluation.summary import EvalSummary, QuestionResult, aggregate
-
 from tests.unit.eval_models import save_tiny_checkpoint
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "eval_data"
@@ -169,7 +168,7 @@ def test_real_engine_end_to_end_is_deterministic(tmp_path, checkpoint):
     """The transformers engine on the tiny random model: files written, same summary bytes twice."""
     kwargs = dict(eval_sets=["demo", "zs/agieval"], engine="transformers", max_new_tokens=8)
     first = run_generation_eval(checkpoint, FIXTURES, out_dir=tmp_path / "a", **kwargs)
-    second = run_generation_eval(checkpoint, FIXTURES, out_dir=tmp_path / "b", **kwargs)
+    run_generation_eval(checkpoint, FIXTURES, out_dir=tmp_path / "b", **kwargs)
     assert first.summary.overall.n == 5 and first.summary.engine == "transformers"
     assert first.summary.finish_reasons == {"length": 5}  # a random model never says <|end_of_turn|>
     assert (tmp_path / "a/summary.json").read_bytes() == (tmp_path / "b/summary.json").read_bytes()

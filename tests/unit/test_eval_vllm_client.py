@@ -11,7 +11,6 @@ import pytest
 
 from openchat_core.evaluation.generation import Generation, package_root
 from openchat_core.evaluation.vllm_generator import VLLMGenerator, VLLMWorkerError
-
 from tests.unit.eval_models import save_tiny_checkpoint
 
 FAKE_WORKER = r'''
