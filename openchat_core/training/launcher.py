@@ -22,8 +22,22 @@ from openchat_core.training.trainer_config import TrainerConfig
 CONFIG_FILE = "trainer_config.json"
 
 
+# Exceptions a rank raises for bad input or settings: running again cannot help.
+NON_RETRYABLE_CAUSES = frozenset({"ValueError", "KeyError", "TypeError", "FileNotFoundError", "MissingSpecialTokenError",
+                                  "OverlongSequenceError", "ValidationError", "ConfigError"})
+
+
 class TrainingFailed(RuntimeError):
-    """The training processes exited with an error; the message carries the exit code and the last log lines."""
+    """The training processes exited with an error; the message carries the exit code, root cause and last log lines."""
+
+    def __init__(self, message: str, cause_type: str | None = None) -> None:
+        super().__init__(message)
+        self.cause_type = cause_type
+
+    @property
+    def retryable(self) -> bool:
+        """A crash, a kill or a runtime/communication error may pass on a retry (which resumes); bad input will not."""
+        return self.cause_type not in NON_RETRYABLE_CAUSES
 
 
 def free_port() -> int:
@@ -102,5 +116,18 @@ def run_training(cfg: TrainerConfig, on_line: Callable[[str], None] = print, tai
             os.killpg(proc.pid, signal.SIGKILL)
         raise
     if code != 0:
-        raise TrainingFailed(f"training exited with code {code}; last lines:\n" + "\n".join(tail))
+        cause = root_cause(tail)
+        cause_type = cause.split(":", 1)[0].rsplit(".", 1)[-1] if ":" in cause else None
+        raise TrainingFailed(f"training exited with code {code}: {cause}\n--- last lines ---\n" + "\n".join(tail), cause_type)
     return out
+
+
+def root_cause(lines: list[str]) -> str:
+    """The exception line of a rank's traceback (e.g. "ValueError: ..."), without the launcher's "[rankN]: " prefix."""
+    import re
+
+    for line in reversed(lines):
+        text = re.sub(r"^\[rank\d+\]:\s*", "", line).strip()
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*?:", text) or text.startswith(("RuntimeError", "ValueError")):
+            return text
+    return "no exception in the output (killed? out of memory?) - see the last lines"

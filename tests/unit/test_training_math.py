@@ -152,3 +152,14 @@ def test_overlong_policy(tokens_file):
     ds = TokenDataset(tokens_file, max_len=128, overlong="truncate")
     assert ds.truncated.tolist() == [2] and ds.lengths[2] == 128 and ds.batch(np.array([2])).num_tokens == 128
     assert 0 < ds.num_seqs[2] < TokenDataset(tokens_file).num_seqs[2]
+
+
+def test_root_cause_and_retryability_of_training_failures():
+    from openchat_core.training.launcher import TrainingFailed, root_cause
+
+    tail = ["[INFO] spawned", "[rank0]: Traceback (most recent call last):", "[rank0]:   File x",
+            "[rank0]: openchat_core.templates.conversation.MissingSpecialTokenError: tokenizer has no <|end_of_turn|>", "[ERROR] exits 1"]
+    assert root_cause(tail) == "openchat_core.templates.conversation.MissingSpecialTokenError: tokenizer has no <|end_of_turn|>"
+    assert root_cause(["Killed"]).startswith("no exception in the output")
+    assert not TrainingFailed("x", "MissingSpecialTokenError").retryable
+    assert TrainingFailed("x", "RuntimeError").retryable and TrainingFailed("x", None).retryable
