@@ -12,6 +12,7 @@ from openchat_core.cli.output import fail
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
+    app.command("add-special-tokens")(add_special_tokens_command)
 
 
 def train(
@@ -65,3 +66,26 @@ def train(
     except TrainingFailed as e:
         raise fail(str(e)) from None
     typer.echo(f"checkpoints in {out} (ep_N); MLflow: {cfg.tracking_uri or 'off'}")
+
+
+def add_special_tokens_command(
+    model_path: Annotated[str, typer.Option(help="local HF model folder (or preset) lacking the template's special tokens")],
+    out: Annotated[Path, typer.Option("--out", help="folder for the extended model and tokenizer")],
+    model_type: Annotated[str, typer.Option(help="model type whose special tokens (EOT, role markers) to add")],
+) -> None:
+    """Add the model type's missing special tokens and initialise their embeddings to the mean (as OpenChat's scripts do).
+
+    Example: openchat add-special-tokens --model-path ./Mistral-7B-v0.1 --out ./Mistral-7B-eot --model-type openchat_3.5
+    """
+    from openchat_core.templates.model_types import get_model_type
+    from openchat_core.training.model_factory import add_special_tokens, load_base_model
+
+    try:
+        mt = get_model_type(model_type)
+        model, tokenizer = load_base_model(model_path, attn_implementation="sdpa")
+    except (KeyError, FileNotFoundError) as e:
+        raise fail(str(e).strip('"')) from None
+    added = add_special_tokens(model, tokenizer, list(mt.required_special_tokens))
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    typer.echo(f"added {added or 'nothing (all present)'}; vocabulary {len(tokenizer)} -> {out}")

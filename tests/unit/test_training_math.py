@@ -163,3 +163,61 @@ def test_root_cause_and_retryability_of_training_failures():
     assert root_cause(["Killed"]).startswith("no exception in the output")
     assert not TrainingFailed("x", "MissingSpecialTokenError").retryable
     assert TrainingFailed("x", "RuntimeError").retryable and TrainingFailed("x", None).retryable
+
+
+def test_sdpa_varlen_equals_per_sequence_sdpa_in_logits_and_gradients(mistral_tokenizer, tiny_model):
+    from openchat_core.training.model_factory import build_random_model
+    from openchat_core.training.presets import MODEL_PRESETS
+    from openchat_core.training.varlen_attention import register
+
+    register()
+    varlen = build_random_model(MODEL_PRESETS["tiny-mistral"], mistral_tokenizer, seed=0, attn_implementation="sdpa_varlen").double()
+    rng = np.random.default_rng(5)
+    seqs = [_seq(rng, n) for n in (12, 3, 30, 1)]
+    with torch.no_grad():
+        separate = torch.cat([packed_forward(tiny_model, _batch([s])).logits[0] for s in seqs])
+        assert torch.allclose(packed_forward(varlen, _batch(seqs)).logits[0], separate, atol=1e-9)
+    varlen.zero_grad()
+    weighted_sums(varlen, _batch(seqs))[0].backward()
+    tiny_model.zero_grad()
+    for s in seqs:
+        weighted_sums(tiny_model, _batch([s]))[0].backward()
+    for (name, a), b in zip(varlen.named_parameters(), tiny_model.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-9), name
+
+
+def test_sdpa_varlen_refuses_padded_batches(mistral_tokenizer):
+    from openchat_core.training.model_factory import build_random_model
+    from openchat_core.training.presets import MODEL_PRESETS
+    from openchat_core.training.varlen_attention import register
+
+    register()
+    model = build_random_model(MODEL_PRESETS["tiny-mistral"], mistral_tokenizer, seed=0, attn_implementation="sdpa_varlen")
+    with pytest.raises(NotImplementedError, match="use attn_implementation='sdpa'"):
+        model(input_ids=torch.ones(2, 4, dtype=torch.long), use_cache=False)
+
+
+def test_add_special_tokens_initialises_new_embeddings_to_the_mean(tmp_path):
+    from typer.testing import CliRunner
+
+    from openchat_core.cli import build_app
+    from openchat_core.templates.tokenizers import load_tokenizer
+    from openchat_core.training.model_factory import add_special_tokens, build_random_model
+    from openchat_core.training.presets import MODEL_PRESETS
+
+    tok = load_tokenizer("preset:llama3")  # has no <|end_of_turn|>
+    model = build_random_model(MODEL_PRESETS["tiny-llama3"], tok, seed=0, attn_implementation="sdpa")
+    before = model.get_input_embeddings().weight.detach().clone()
+    assert add_special_tokens(model, tok, ["<|end_of_turn|>", "<|eot_id|>"]) == ["<|end_of_turn|>"]
+    new_id = tok.convert_tokens_to_ids("<|end_of_turn|>")
+    weights = model.get_input_embeddings().weight
+    assert new_id == 128256 and weights.shape[0] == len(tok)
+    assert torch.allclose(weights[new_id], before.mean(dim=0)) and torch.equal(weights[:new_id], before)
+
+    model.save_pretrained(str(tmp_path / "base"))
+    tok = load_tokenizer("preset:llama3")
+    tok.save_pretrained(str(tmp_path / "base"))  # a "base model" without the token
+    result = CliRunner().invoke(build_app(), ["add-special-tokens", "--model-path", str(tmp_path / "base"), "--out", str(tmp_path / "new"),
+                                              "--model-type", "openchat_3.5"])
+    assert result.exit_code == 0, result.output
+    assert "<|end_of_turn|>" in load_tokenizer(tmp_path / "new").get_vocab()
