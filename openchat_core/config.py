@@ -119,6 +119,7 @@ class EvalConfig(Section):
     eval_sets: list[str] = Field(default_factory=list, description="task-name prefixes; empty = all under eval_data")
     engine: Literal["auto", "vllm", "transformers"] = "auto"
     max_new_tokens: int = Field(64, ge=1)
+    limit_per_task: int | None = Field(None, ge=1, description="evaluate only the first N questions of each task (quick runs)")
     primary_metric: str = Field("eval/loss", description="metric that picks the best epoch, e.g. eval/loss or gen/accuracy")
     direction: Literal["minimize", "maximize"] = "minimize"
     tie_break: Literal["later_epoch", "lower_loss"] = "later_epoch"

@@ -45,6 +45,25 @@ class NullTracker:
         pass
 
 
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts beside a sqlite store (`<db folder>/mlartifacts`), not in `./mlruns` of whatever the working directory is."""
+    if tracking_uri.startswith("sqlite:///"):
+        from pathlib import Path
+
+        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def ensure_experiment(client: Any, name: str, tracking_uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=default_artifact_location(tracking_uri))
+    except Exception:  # noqa: BLE001 - created concurrently
+        return client.get_experiment_by_name(name).experiment_id
+
+
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"train": {"lr": 1}} -> {"train.lr": 1}, for MLflow params."""
     out: dict[str, Any] = {}
@@ -66,8 +85,7 @@ class MlflowTracker:
 
         self.client = MlflowClient(tracking_uri=tracking_uri)
         if run_id is None:
-            exp = self.client.get_experiment_by_name(experiment or "Default")
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment or "Default")
+            exp_id = ensure_experiment(self.client, experiment or "Default", tracking_uri)
             tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
             run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
         self.run_id = run_id

@@ -13,7 +13,7 @@ import importlib.metadata
 
 import typer
 
-from openchat_core.cli import data_commands, train_commands
+from openchat_core.cli import data_commands, eval_commands, train_commands
 
 
 def build_app() -> typer.Typer:
@@ -21,6 +21,7 @@ def build_app() -> typer.Typer:
                       help="OpenChat's C-RLFT training system as a pipeline: data, training, evaluation, registry, serving.")
     data_commands.register(app)
     train_commands.register(app)
+    eval_commands.register(app)
     for entry_point in importlib.metadata.entry_points(group="openchat.commands"):
         entry_point.load()(app)
     return app

@@ -114,3 +114,17 @@ class TokenDataset:
         """The data identity recorded with checkpoints: the pretokenized file's source digest and options."""
         meta = self.metadata
         return f"{meta.get('source_digest', 'unknown')}:{meta.get('tokenizer_fingerprint', 'unknown')}:{meta.get('model_type')}"
+
+
+def sequential_batches(lengths: np.ndarray, capacity: int) -> list[np.ndarray]:
+    """Rows in order, cut into batches of at most `capacity` tokens (eval: deterministic, nothing dropped)."""
+    batches, current, used = [], [], 0
+    for i, n in enumerate(np.minimum(lengths, capacity)):
+        if current and used + n > capacity:
+            batches.append(np.array(current))
+            current, used = [], 0
+        current.append(i)
+        used += int(n)
+    if current:
+        batches.append(np.array(current))
+    return batches

@@ -111,12 +111,16 @@ def smollm2_model_dir() -> Path:
 
 
 def load_base_model(path_or_preset: str | os.PathLike[str], *, seed: int = 0, dtype: str = "float32",
-                    attn_implementation: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model and tokenizer from a local folder or a `preset:NAME` (tiny random models, SmolLM2)."""
+                    attn_implementation: str | None = None, packed: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer from a local folder or a `preset:NAME` (tiny random models, SmolLM2).
+
+    `packed=True` (training, held-out loss) picks the packed-row attention by default; otherwise sdpa
+    (generation, padded batches).
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM
 
-    attn = _prepare_attention(attn_implementation or default_attn_implementation())
+    attn = _prepare_attention(attn_implementation or default_attn_implementation(training=packed))
     preset = preset_of(path_or_preset)
     if preset is not None and preset.source == "random":
         tokenizer = load_tokenizer(PRESET_PREFIX + preset.tokenizer)

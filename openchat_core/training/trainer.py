@@ -27,7 +27,7 @@ from openchat_core.templates.conversation import MissingSpecialTokenError, check
 from openchat_core.templates.model_types import get_model_type
 from openchat_core.tracking import MlflowTracker, NullTracker, Tracker
 from openchat_core.training.checkpoint import epoch_checkpoint_dir, save_checkpoint
-from openchat_core.training.data import TokenDataset
+from openchat_core.training.data import TokenDataset, sequential_batches
 from openchat_core.training.loss import weighted_sums
 from openchat_core.training.sampler import MultipackSampler
 from openchat_core.training.schedule import auto_learning_rate, cosine_with_warmup
@@ -99,7 +99,8 @@ class Trainer:
 
         m = self.cfg.model
         attn = None if m.attn_implementation == "auto" else m.attn_implementation
-        self.model, self.tokenizer = load_base_model(self.cfg.model.base, seed=self.cfg.train.seed, dtype=m.dtype, attn_implementation=attn)
+        self.model, self.tokenizer = load_base_model(self.cfg.model.base, seed=self.cfg.train.seed, dtype=m.dtype, attn_implementation=attn,
+                                                     packed=True)
         try:
             check_special_tokens(self.model_type, self.tokenizer)
         except MissingSpecialTokenError:
@@ -227,7 +228,7 @@ class Trainer:
         import torch.distributed as dist
 
         assert self.eval_dataset is not None
-        batches = _eval_batches(self.eval_dataset.lengths, self.cfg.train.batch_max_len)
+        batches = sequential_batches(self.eval_dataset.lengths, self.cfg.train.batch_max_len)
         if not batches:
             return {}
         mine = batches[self.rank::self.world]
@@ -308,22 +309,6 @@ def batch_digest(indices: Any) -> str:
     import numpy as np
 
     return hashlib.sha1(np.sort(np.asarray(indices, dtype=np.int64)).tobytes()).hexdigest()[:12]
-
-
-def _eval_batches(lengths: Any, capacity: int) -> list[Any]:
-    """Deterministic first-fit packing of eval rows (in order) into batches of at most `capacity` tokens."""
-    import numpy as np
-
-    batches, current, used = [], [], 0
-    for i, n in enumerate(np.minimum(lengths, capacity)):
-        if current and used + n > capacity:
-            batches.append(np.array(current))
-            current, used = [], 0
-        current.append(i)
-        used += int(n)
-    if current:
-        batches.append(np.array(current))
-    return batches
 
 
 def run(cfg: TrainerConfig) -> None:

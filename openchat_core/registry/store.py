@@ -1,0 +1,207 @@
+"""The MLflow model registry, as this project uses it: versions with tags, `champion`/`challenger` aliases
+(never the deprecated stages), a champion history for rollback, and a decision log.
+
+Every decision (promotion, challenger, rollback, manual move) is written to the candidate version's
+tags and appended to the registered model's `openchat.decisions` tag, so "why is this version
+serving?" is answered from the registry alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from openchat_core.templates.tokenizers import cache_root
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+HISTORY_TAG = "openchat.champion_history"
+DECISIONS_TAG = "openchat.decisions"
+MAX_LOG = 20  # entries kept in the JSON tags (MLflow tag values are size-limited)
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+class RegistryError(RuntimeError):
+    """A registry operation cannot proceed (unknown model/alias/version, nothing to roll back to, ...)."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: str
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+    run_id: str | None
+    source: str
+
+    def metric(self, name: str) -> float | None:
+        value = self.tags.get(f"openchat.metric.{name}")
+        return float(value) if value is not None else None
+
+
+class ModelRegistry:
+    """One registered model in one MLflow store."""
+
+    def __init__(self, tracking_uri: str, name: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.name = name
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    # -- reading ------------------------------------------------------------------------------------
+    def _info(self, mv: Any) -> VersionInfo:
+        aliases = tuple(a for a in (CHAMPION, CHALLENGER) if self._alias_version(a) == str(mv.version))
+        return VersionInfo(self.name, str(mv.version), dict(mv.tags or {}), aliases, mv.run_id, mv.source)
+
+    def _alias_version(self, alias: str) -> str | None:
+        try:
+            return str(self.client.get_model_version_by_alias(self.name, alias).version)
+        except Exception:  # noqa: BLE001 - MLflow raises a generic RestException for a missing alias/model
+            return None
+
+    def by_alias(self, alias: str) -> VersionInfo | None:
+        version = self._alias_version(alias)
+        return self.version(version) if version else None
+
+    def version(self, version: str | int) -> VersionInfo:
+        try:
+            return self._info(self.client.get_model_version(self.name, str(version)))
+        except Exception as e:  # noqa: BLE001
+            raise RegistryError(f"registered model {self.name!r} has no version {version}") from e
+
+    def versions(self) -> list[VersionInfo]:
+        found = self.client.search_model_versions(f"name = '{self.name}'")
+        return sorted((self._info(mv) for mv in found), key=lambda v: int(v.version))
+
+    def find_by_tag(self, key: str, value: str) -> VersionInfo | None:
+        """The newest version whose tag `key` equals `value` (e.g. the same weights digest)."""
+        try:
+            found = self.client.search_model_versions(f"name = '{self.name}' and tag.`{key}` = '{value}'")
+        except Exception:  # noqa: BLE001 - no such registered model yet
+            return None
+        return self._info(max(found, key=lambda mv: int(mv.version))) if found else None
+
+    def registered_tags(self) -> dict[str, str]:
+        try:
+            return dict(self.client.get_registered_model(self.name).tags or {})
+        except Exception:  # noqa: BLE001
+            return {}
+
+    def champion_history(self) -> list[str]:
+        return json.loads(self.registered_tags().get(HISTORY_TAG, "[]"))
+
+    def decisions(self) -> list[dict[str, Any]]:
+        return json.loads(self.registered_tags().get(DECISIONS_TAG, "[]"))
+
+    # -- writing ------------------------------------------------------------------------------------
+    def register(self, checkpoint_dir: Path | str, run_id: str | None, tags: dict[str, Any]) -> VersionInfo:
+        """Log the checkpoint as a pyfunc model (explicit pip requirements) in `run_id` and register a new version."""
+        import mlflow
+
+        from openchat_core.registry.pyfunc import CHECKPOINT_ARTIFACT, OpenChatChatModel, pip_requirements
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        if run_id is None:
+            from openchat_core.tracking import ensure_experiment
+
+            exp_id = ensure_experiment(self.client, self.name, self.tracking_uri)
+            run_id = self.client.create_run(exp_id, run_name="register").info.run_id
+        status = self.client.get_run(run_id).info.status
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(name="model", python_model=OpenChatChatModel(),
+                                           artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_dir)}, pip_requirements=pip_requirements(),
+                                           registered_model_name=self.name)
+        self.client.set_terminated(run_id, status=status if status in ("FINISHED", "FAILED", "KILLED") else "FINISHED")
+        version = str(info.registered_model_version)
+        self.set_tags(version, tags)
+        return self.version(version)
+
+    def set_tags(self, version: str, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.name, version, key, str(value))
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(self.name, alias, version)
+        if alias == CHAMPION:
+            self.set_champion_history([v for v in self.champion_history() if v != version] + [version])
+
+    def set_champion_history(self, versions: list[str]) -> None:
+        self.client.set_registered_model_tag(self.name, HISTORY_TAG, json.dumps(versions[-MAX_LOG:]))
+
+    def drop_alias(self, alias: str) -> None:
+        if self._alias_version(alias):
+            self.client.delete_registered_model_alias(self.name, alias)
+
+    def log_decision(self, decision: dict[str, Any]) -> None:
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **decision}
+        log = (self.decisions() + [entry])[-MAX_LOG:]
+        self.client.set_registered_model_tag(self.name, DECISIONS_TAG, json.dumps(log))
+
+    # -- resolving ----------------------------------------------------------------------------------
+    def resolve(self, ref: str) -> tuple[VersionInfo, Path]:
+        """`models:/NAME@alias`, `models:/NAME/VERSION`, `@alias` or a version number -> (version, local checkpoint folder)."""
+        m = _URI.match(ref)
+        alias = m.group("alias") if m else ref[1:] if ref.startswith("@") else None
+        version = m.group("version") if m else None if alias else ref
+        if m and m.group("name") != self.name:
+            raise RegistryError(f"{ref} names model {m.group('name')!r}, not {self.name!r}")
+        info = self.by_alias(alias) if alias else self.version(version)
+        if info is None:
+            raise RegistryError(f"registered model {self.name!r} has no version with alias {alias!r}")
+        return info, self.download(info)
+
+    def download(self, info: VersionInfo) -> Path:
+        """The version's checkpoint folder, downloaded once into the local cache (loads in transformers and vLLM)."""
+        import mlflow.artifacts
+
+        from openchat_core.registry.pyfunc import CHECKPOINT_ARTIFACT
+
+        from openchat_core.digest import text_digest
+
+        # keyed by the store and the version's source too: two stores can both hold "demo-model" v1
+        target = cache_root() / "registry" / self.name / f"{info.version}-{text_digest(self.tracking_uri, info.source, length=12)}"
+        if (target / "MLmodel").is_file():
+            return _checkpoint_in(target)
+        staging = target.with_name(target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.name}/{info.version}", dst_path=str(staging),
+                                            tracking_uri=self.tracking_uri)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        return _checkpoint_in(target)
+
+
+def _checkpoint_in(model_dir: Path) -> Path:
+    """The checkpoint folder inside a downloaded pyfunc model (MLmodel names where the artifact landed)."""
+    import yaml
+
+    from openchat_core.registry.pyfunc import CHECKPOINT_ARTIFACT
+
+    mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+    try:
+        relative = mlmodel["flavors"]["python_function"]["artifacts"][CHECKPOINT_ARTIFACT]["path"]
+    except (KeyError, TypeError):
+        raise RegistryError(f"{model_dir} is not an openchat-pipeline registered model (no '{CHECKPOINT_ARTIFACT}' artifact)") from None
+    return model_dir / relative
+
+
+def resolve_model_dir(ref: str, tracking_uri: str | None) -> Path:
+    """A local checkpoint folder for a path or a `models:/NAME@alias` / `models:/NAME/VERSION` URI."""
+    m = _URI.match(ref)
+    if not m:
+        path = Path(ref).expanduser()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{ref} is neither a checkpoint folder (config.json) nor a models:/NAME@ALIAS URI")
+        return path
+    if not tracking_uri:
+        raise RegistryError(f"{ref} needs an MLflow tracking URI (--mlflow-uri or MLFLOW_TRACKING_URI)")
+    return ModelRegistry(tracking_uri, m.group("name")).resolve(ref)[1]

@@ -1,0 +1,184 @@
+"""Evaluation and promotion tasks: per-epoch evals, best-epoch registration, champion/challenger decision.
+
+Per-epoch results are content-addressed (checkpoint + evaluation settings), logged to MLflow at
+step = epoch in the training run, and published as one epochs x metrics table. The registered
+version carries tags saying what it is and how it was measured; the decision is published as an
+artifact a person can read: candidate vs champion, metric, margin, outcome, reason.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+from pydantic import BaseModel
+
+from openchat_core.config import PipelineConfig
+from openchat_core.digest import file_digest, text_digest
+from openchat_core.markdown import markdown_table
+from openchat_core.registry.promotion import promote_candidate
+from openchat_core.registry.selection import EpochScore, select_best
+from openchat_core.registry.store import ModelRegistry
+from storage import StorageLayout
+from tasks.common import publish_markdown, publish_table
+from tasks.tracking import TrackingContext
+from tasks.train import EpochCheckpoint
+
+EVALUATE_VERSION = "1"
+WEIGHTS_TAG = "openchat.weights_digest"
+
+
+class EpochEval(BaseModel):
+    epoch: int
+    checkpoint: str
+    metrics: dict[str, float]
+    results_dir: str | None = None
+    error: str | None = None
+
+
+class Registration(BaseModel):
+    version: str
+    epoch: int
+    checkpoint: str
+    metric: str
+    value: float
+    reason: str
+
+
+def eval_key(cfg: PipelineConfig, heldout_key: str | None) -> str:
+    """What makes two evaluations comparable: the eval sets' content, condition, system prompt, length, held-out data."""
+    gen = "-"
+    if cfg.eval.eval_data:
+        from openchat_core.evaluation.eval_data import load_eval_data
+
+        gen = load_eval_data(cfg.path(cfg.eval.eval_data), cfg.eval.eval_sets, limit_per_task=cfg.eval.limit_per_task).digest
+    return text_digest("eval", gen, cfg.eval.condition, str(cfg.eval.max_new_tokens), heldout_key or "-")
+
+
+def summary_metrics(summary: Any) -> dict[str, float]:
+    """An EvalSummary as flat MLflow metrics: gen/accuracy, gen/unmatched, gen/<task type>/accuracy."""
+    metrics = {"gen/accuracy": summary.overall.accuracy, "gen/unmatched": summary.overall.unmatched_rate}
+    for name, score in summary.task_types.items():
+        metrics[f"gen/{name}/accuracy"] = score.accuracy
+    return metrics
+
+
+def evaluate_checkpoint(checkpoint: str, cfg: PipelineConfig, out_dir: Path, heldout_file: str | None,
+                        recorded: dict[str, float] | None = None) -> dict[str, float]:
+    """Generation evals (if configured) + held-out loss (recorded by the trainer, or measured now)."""
+    from openchat_core.evaluation.heldout import heldout_metrics
+    from openchat_core.evaluation.runner import run_generation_eval
+
+    metrics: dict[str, float] = {}
+    if cfg.eval.eval_data:
+        result = run_generation_eval(checkpoint, cfg.path(cfg.eval.eval_data), cfg.eval.eval_sets, out_dir=out_dir,
+                                     condition=cfg.eval.condition, engine=cfg.eval.engine, max_new_tokens=cfg.eval.max_new_tokens,
+                                     limit_per_task=cfg.eval.limit_per_task)
+        metrics.update(summary_metrics(result.summary))
+    if recorded and "eval/loss" in recorded:
+        metrics.update({k: v for k, v in recorded.items() if k.startswith("eval/")})
+    elif heldout_file:
+        metrics.update(heldout_metrics(checkpoint, heldout_file, cfg.train.batch_max_len))
+    return metrics
+
+
+@task(name="evaluate-epoch", cache_policy=NONE, task_run_name="evaluate-epoch-{checkpoint.epoch}")
+def evaluate_epoch_task(layout: StorageLayout, checkpoint: EpochCheckpoint, cfg: PipelineConfig, key: str, heldout_file: str | None,
+                        tracking: TrackingContext | None = None, train_run_id: str | None = None, recorded_heldout: bool = True) -> EpochEval:
+    """Evaluate one epoch's checkpoint; its metrics go to the training run at step = epoch."""
+    logger = get_run_logger()
+    stage_key = text_digest("evaluate", EVALUATE_VERSION, file_digest(Path(checkpoint.path) / "model.safetensors"), key)
+    final = Path(layout.stage_dir("evaluate", stage_key))
+    if layout.is_complete(str(final)):
+        metrics = json.loads((final / "metrics.json").read_text())
+        logger.info("epoch %s: reusing evaluation %s", checkpoint.epoch, final)
+    else:
+        with layout.building("evaluate", stage_key) as out:
+            metrics = evaluate_checkpoint(checkpoint.path, cfg, out, heldout_file, checkpoint.metrics if recorded_heldout else None)
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    logger.info("epoch %s: %s", checkpoint.epoch, ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+    if tracking is not None and train_run_id:
+        from openchat_core.tracking import MlflowTracker
+
+        tracker = MlflowTracker(tracking.uri, run_id=train_run_id)
+        tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("gen/")}, step=checkpoint.epoch)
+        tracker.flush()
+        if (final / "summary.json").is_file():
+            tracker.log_artifact(str(final / "summary.json"), f"eval/ep_{checkpoint.epoch}")
+    return EpochEval(epoch=checkpoint.epoch, checkpoint=checkpoint.path, metrics=metrics,
+                     results_dir=str(final) if (final / "summary.json").is_file() else None)
+
+
+def publish_epoch_table(evals: list[EpochEval], primary: str) -> None:
+    rows = []
+    for e in sorted(evals, key=lambda e: e.epoch):
+        row: dict[str, Any] = {"epoch": e.epoch, "status": "failed" if e.error else "ok"}
+        row.update({k: round(v, 4) for k, v in sorted(e.metrics.items()) if k.count("/") < 2 or k == primary})
+        if e.error:
+            row["error"] = e.error[:200]
+        rows.append(row)
+    columns = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("epoch", "status"), k == "error", k))
+    publish_table("epoch-metrics", [{c: r.get(c) for c in columns} for r in rows], description=f"Per-epoch metrics (primary: {primary})")
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+@task(name="register-best", cache_policy=NONE)
+def register_best_task(cfg: PipelineConfig, evals: list[EpochEval], key: str, tracking: TrackingContext, model_type: str,
+                       data_digest: str, train_run_id: str | None, pipeline_run_id: str | None) -> Registration:
+    """Pick the best epoch by the primary metric and register it as a new model version with its tags."""
+    from openchat_core.registry.promotion import metric_tags
+    from tasks.tracking import prefect_tags
+
+    logger = get_run_logger()
+    ok = [e for e in evals if not e.error]
+    selection = select_best([EpochScore(e.epoch, e.metrics) for e in ok], cfg.eval.primary_metric, cfg.eval.direction, cfg.eval.tie_break)
+    best = next(e for e in ok if e.epoch == selection.epoch)
+    registry = ModelRegistry(tracking.uri, cfg.registered_model_name)
+    tags = {"openchat.epoch": best.epoch, "openchat.primary_metric": cfg.eval.primary_metric, "openchat.data_digest": data_digest,
+            "openchat.model_type": model_type, "openchat.git_revision": git_revision(), "openchat.selection": selection.reason,
+            "openchat.pipeline_run_id": pipeline_run_id or "-", "openchat.train_run_id": train_run_id or "-",
+            **{k: v for k, v in prefect_tags().items()}, **metric_tags(best.metrics, key)}
+    weights_digest = file_digest(Path(best.checkpoint) / "model.safetensors")
+    version = registry.find_by_tag(WEIGHTS_TAG, weights_digest)
+    if version is not None:  # an unchanged re-run: the same weights are already registered
+        logger.info("these weights are already %s v%s; not registering them again", registry.name, version.version)
+    else:
+        version = registry.register(best.checkpoint, train_run_id, {**tags, WEIGHTS_TAG: weights_digest})
+        logger.info("registered %s v%s: %s", registry.name, version.version, selection.reason)
+    return Registration(version=version.version, epoch=best.epoch, checkpoint=best.checkpoint, metric=cfg.eval.primary_metric,
+                        value=selection.value, reason=selection.reason)
+
+
+@task(name="promote", cache_policy=NONE)
+def promote_task(cfg: PipelineConfig, registration: Registration, key: str, tracking: TrackingContext, heldout_file: str | None,
+                 layout: StorageLayout) -> dict[str, Any]:
+    """Compare the new version with the champion (re-evaluating the champion if needed) and move the aliases."""
+    logger = get_run_logger()
+    registry = ModelRegistry(tracking.uri, cfg.registered_model_name)
+
+    def evaluate_champion(path: Path) -> dict[str, float]:
+        logger.info("champion's recorded result is not comparable: evaluating it on this evaluation (%s)", path)
+        out = Path(layout.run_dir("champion-reeval")) / text_digest(str(path), key)
+        return evaluate_checkpoint(str(path), cfg, out, heldout_file)
+
+    decision = promote_candidate(registry, registry.version(registration.version), cfg.eval.primary_metric, cfg.eval.direction,
+                                 cfg.registry.promotion_margin, key, evaluate_champion)
+    logger.info("%s: %s", decision.action, decision.reason)
+    row = {"candidate": f"v{decision.candidate}", "champion before": f"v{decision.champion_before}" if decision.champion_before else "-",
+           "metric": decision.metric, "candidate value": decision.candidate_value, "champion value": decision.champion_value,
+           "margin": decision.margin, "outcome": decision.action, "champion now": f"v{decision.champion_after}"}
+    publish_markdown("promotion-decision", f"## Promotion decision: **{decision.action}**\n\n{markdown_table([row])}\n\n{decision.reason}"
+                     + ("\n\n(The champion was re-evaluated on this evaluation.)" if decision.champion_reevaluated else ""),
+                     description=f"{registry.name}: candidate vs champion")
+    return decision.to_dict()

@@ -1,0 +1,85 @@
+"""evaluate-and-promote under a real Prefect server and MLflow store: per-epoch metrics, selection, registration, decisions."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _config(tmp_path, demo_data_dir, **eval_settings):
+    cfg = {
+        "name": "evaltest",
+        "storage": {"root": str(tmp_path / "store")},
+        "data": {"train": [str(demo_data_dir / "train.jsonl")], "eval": [str(demo_data_dir / "eval.jsonl")]},
+        "weights": {"condition_weights": {"GPT4 Correct": 1.0, "GPT3": 0.1}},
+        "tokenize": {"model_type": "openchat_3.5", "tokenizer": "preset:mistral"},
+        "model": {"base": "preset:tiny-mistral"},
+        "train": {"epochs": 2, "batch_max_len": 1024, "lr": 3e-3, "zero_stage": 0},
+        "eval": {"eval_data": str(demo_data_dir / "eval_data"), "eval_sets": ["demo"], "engine": "transformers", "max_new_tokens": 8,
+                 "limit_per_task": 3, "primary_metric": "eval/loss", "direction": "minimize", **eval_settings},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _artifact_keys():
+    from prefect.client.orchestration import get_client
+
+    async def read():
+        async with get_client() as client:
+            return {a.key for a in await client.read_artifacts()}
+
+    return asyncio.run(read())
+
+
+def test_epochs_are_evaluated_best_registered_and_promoted_then_rerun_is_idempotent(prefect_harness, tmp_path, demo_data_dir):
+    from mlflow.tracking import MlflowClient
+
+    from flows.evaluate import evaluate_and_promote_flow
+    from openchat_core.registry.store import ModelRegistry
+
+    config = _config(tmp_path, demo_data_dir)
+    out = evaluate_and_promote_flow(config)
+    losses = {e.epoch: e.metrics["eval/loss"] for e in out.evals}
+    assert sorted(losses) == [0, 1] and all("gen/accuracy" in e.metrics and "gen/demo/exact/accuracy" in e.metrics for e in out.evals)
+    assert out.registration.epoch == min(losses, key=losses.get)  # the lowest held-out loss wins
+    assert out.decision["action"] == "promoted" and out.decision["champion_before"] is None
+
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    registry = ModelRegistry(uri, "evaltest")
+    champion = registry.by_alias("champion")
+    assert champion.version == out.registration.version == "1"
+    for tag in ("openchat.epoch", "openchat.primary_metric", "openchat.data_digest", "openchat.pipeline_run_id", "openchat.model_type",
+                "openchat.git_revision", "openchat.eval_key", "openchat.metric.eval/loss", "prefect.flow_run_id"):
+        assert champion.tags.get(tag) not in (None, "", "-"), tag
+    assert champion.tags["openchat.model_type"] == "openchat_v3.2_mistral"
+
+    client = MlflowClient(uri)
+    train_run = client.search_runs([client.get_experiment_by_name("evaltest").experiment_id], "attributes.run_name = 'train'")[0]
+    assert [m.step for m in client.get_metric_history(train_run.info.run_id, "gen/accuracy")] == [0, 1]  # step = epoch
+    assert {"epoch-metrics", "promotion-decision"} <= _artifact_keys()
+
+    again = evaluate_and_promote_flow(config)
+    assert again.registration.version == "1" and again.decision["action"] == "unchanged"
+    assert [v.version for v in registry.versions()] == ["1"]
+
+
+def test_a_failing_epoch_is_reported_and_the_others_still_count(prefect_harness, tmp_path, demo_data_dir):
+    from flows.evaluate import evaluate_and_promote_flow
+    from flows.train import train_flow
+
+    config = _config(tmp_path, demo_data_dir, primary_metric="gen/accuracy", direction="maximize")
+    trained = train_flow(config)
+    broken = tmp_path / "broken" / "ep_7"
+    shutil.copytree(trained.checkpoints[0].path, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    (broken / "openchat.json").write_text((broken / "openchat.json").read_text().replace('"epoch": 0', '"epoch": 7'))
+    out = evaluate_and_promote_flow(config, checkpoints=[str(broken), trained.checkpoints[1].path])
+    failed = [e for e in out.evals if e.error]
+    assert [e.epoch for e in failed] == [7] and out.registration.epoch == 1
