@@ -120,3 +120,51 @@ def pretokenize_task(layout: StorageLayout, weighted: StageOutput, model_type: s
     stats = [{"statistic": k, "value": v} for k, v in {**c, **{f"length {k}": v for k, v in report["length_percentiles"].items()}}.items()]
     publish_table(f"token-stats-{split}", stats, description=f"Token statistics of the {split} data ({mt.name}, tokenizer {fingerprint})")
     return StageOutput(stage="pretokenize", key=key, path=final, cached=cached, report=report)
+
+
+@task(name="track-data", cache_policy=NONE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io_errors)
+def track_data_task(tracking, data, cfg) -> str:  # noqa: ANN001 - TrackingContext, DataOutputs, PipelineConfig (flows import this module)
+    """The data stage's MLflow run: settings, counts, reports, a quarantine sample, and dataset lineage with digests."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    run_id = tracking.start_run("data", {"openchat.stage": "data"})
+    client = tracking.client()
+    from openchat_core.tracking import MlflowTracker
+
+    tracker = MlflowTracker(tracking.uri, run_id=run_id)
+    tracker.log_params({"weights": cfg.weights.model_dump(), "tokenize": cfg.tokenize.model_dump(), "data": cfg.data.model_dump()})
+    metrics = {}
+    splits = [("train", data.train), ("eval", data.eval)]
+    for name, split in splits:
+        if split is None:
+            continue
+        v, t = split.validated.report, split.tokens.report["counts"]
+        metrics.update({f"{name}/lines": v["lines"], f"{name}/valid": v["valid"], f"{name}/rejected": v["rejected"], f"{name}/blank": v["blank"],
+                        f"{name}/rows": t["rows"], f"{name}/tokens": t["tokens"], f"{name}/supervised_tokens": t["supervised_tokens"]})
+        for stage in (split.validated, split.weighted, split.tokens):
+            folder = Path(stage.path)
+            for report in ("report.json", "weights_report.json"):
+                if (folder / report).is_file():
+                    tracker.log_artifact(str(folder / report), f"{name}/{stage.stage}")
+        quarantine = Path(split.validated.path) / "quarantine.jsonl"
+        sample = quarantine.read_text(encoding="utf-8").splitlines()[:50]
+        sample_file = Path(split.validated.path) / "quarantine_sample.jsonl"
+        if sample and not sample_file.exists():
+            sample_file.write_text("\n".join(sample) + "\n", encoding="utf-8")
+        if sample:
+            tracker.log_artifact(str(sample_file), f"{name}/validate")
+    tracker.log_metrics(metrics, step=0)
+    tracker.flush()
+    mlflow.set_tracking_uri(tracking.uri)
+    with mlflow.start_run(run_id=run_id):
+        for name, split in splits:
+            if split is None:
+                continue
+            for stage, context in ((split.validated, "validated"), (split.tokens, "pretokenized")):
+                target = Path(stage.path) / ("conversations.parquet" if stage.stage == "validate" else "tokens.parquet")
+                dataset = MetaDataset(source=resolve_dataset_source(target.resolve().as_uri()), name=f"{name}-{context}", digest=stage.key)
+                mlflow.log_input(dataset, context=name, tags={"openchat.stage": stage.stage})
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
