@@ -292,6 +292,7 @@ class ChatService:
                 await _until_disconnect(raw, self._collect(prep, acct))
             except ClientDisconnected:
                 record["error"] = "client disconnected"
+                await _shielded_abort(runtime, prep.request_id)  # the engine may not abort on cancellation alone
                 return Response(status_code=499)
             except Exception as exc:
                 error = _engine_error(exc)
