@@ -145,9 +145,13 @@ async def _switch_model(body: AdminLoadRequest, request: Request) -> AdminLoadRe
     manager: ModelManager = request.app.state.models
     metrics: ServingMetrics = request.app.state.metrics
     record: dict[str, Any] = request.scope.get("state", {}).get(LOG_STATE_KEY, {})
-    path = Path(body.model).expanduser()
-    record.update({"admin": "load", "candidate": str(path), "registry_version": body.registry_version})
-    if not path.is_dir():
+    record.update({"admin": "load", "candidate": body.model, "registry_version": body.registry_version})
+    try:
+        path = Path(body.model).expanduser().resolve()  # "~user" with an unknown user raises RuntimeError
+        is_dir = path.is_dir()
+    except (OSError, RuntimeError, ValueError):
+        is_dir = False
+    if not is_dir:
         raise OpenAIError(400, f"{body.model} is not a folder on the server; pass the checkpoint folder path "
                                f"as the server sees it.", param="model", code="model_not_found")
     try:

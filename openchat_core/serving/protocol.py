@@ -29,7 +29,7 @@ class TextContentPart(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: str = Field(description='Only "text" is supported.')
+    type: str = Field(description='Only "text" is supported.', json_schema_extra={"enum": ["text"]})
     text: str = ""
 
     @model_validator(mode="after")
@@ -43,9 +43,9 @@ class TextContentPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: str = Field(description="system, user or assistant.")
+    role: str = Field(description="system, user or assistant.", json_schema_extra={"enum": list(ALLOWED_ROLES)})
     content: str | list[TextContentPart] | None = Field(
-        None, description="Message text (a string or a list of text parts). May be null for an assistant message.")
+        description="Message text (a string or a list of text parts). May be null for an assistant message.")
     name: str | None = None
 
     @field_validator("role")

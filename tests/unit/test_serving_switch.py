@@ -203,3 +203,14 @@ def test_only_one_switch_at_a_time(models):
             assert (await first).status_code == 200
 
     run(scenario())
+
+
+@pytest.mark.parametrize("bad_path", ["~no_such_user_xyz/model", "a\x00b", "", "/" + "x" * 5000])
+def test_unusable_paths_are_400_not_500(models, bad_path):
+    # "~unknownuser" made Path.expanduser raise RuntimeError (found by the schemathesis fuzz test)
+    async def scenario() -> None:
+        async with Server(models, FakeEngineFactory()) as client:
+            response = await client.post("/admin/load", headers=ADMIN_AUTH, json={"model": bad_path})
+            assert response.status_code == 400, response.text
+
+    run(scenario())
