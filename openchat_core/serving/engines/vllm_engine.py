@@ -105,6 +105,9 @@ class VLLMEngine:
     async def shutdown(self) -> None:
         llm, self._llm, self._ready = self._llm, None, False
         if llm is not None:
+            handler = getattr(llm, "output_handler", None)
+            if handler is not None:  # stop it first, or it logs the engine core's exit as an EngineDeadError
+                handler.cancel()
             await asyncio.to_thread(llm.shutdown)
 
     async def abort(self, request_id: str) -> None:
