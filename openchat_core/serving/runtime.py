@@ -163,6 +163,34 @@ def context_length(model_dir: Path, model_type: ModelType, cap: int | None) -> i
     return limit
 
 
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+
+def check_safetensors(model_dir: Path) -> None:
+    """Fail fast, with a readable reason, on missing, truncated or corrupt safetensors files.
+
+    vLLM reports a corrupt header as a bare `MemoryError` (it trusts the 8-byte header length);
+    this reads only each file's header and checks that every tensor lies inside the file.
+    """
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError("load", f"{model_dir} has no *.safetensors weights")
+    for path in files:
+        size = path.stat().st_size
+        try:
+            with open(path, "rb") as f:
+                length = int.from_bytes(f.read(8), "little")
+                if not 2 <= length <= min(size - 8, MAX_SAFETENSORS_HEADER):
+                    raise ValueError(f"header length {length} does not fit a {size}-byte file")
+                header = json.loads(f.read(length))
+            data_size = size - 8 - length
+            for name, info in header.items():
+                if name != "__metadata__" and info["data_offsets"][1] > data_size:
+                    raise ValueError(f"tensor {name} ends past the end of the file (truncated?)")
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise ModelLoadError("load", f"{path.name} is not a valid safetensors file: {exc}") from exc
+
+
 def _load_template(model_dir: Path, model_type: ModelType) -> tuple[Any, tuple[str, ...]]:
     from openchat_core.templates.conversation import ConversationTemplate
     from openchat_core.templates.tokenizers import load_tokenizer
@@ -182,6 +210,7 @@ async def load_runtime(spec: ModelSpec, settings: ServeSettings, engine_factory:
     if not (model_dir / "config.json").is_file():
         raise ModelLoadError("load", f"{model_dir} is not a model folder (no config.json)")
     model_type = resolve_model_type(spec)
+    await asyncio.to_thread(check_safetensors, model_dir)
     try:
         template, special_tokens = await asyncio.to_thread(_load_template, model_dir, model_type)
     except Exception as exc:

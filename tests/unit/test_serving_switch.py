@@ -214,3 +214,24 @@ def test_unusable_paths_are_400_not_500(models, bad_path):
             assert response.status_code == 400, response.text
 
     run(scenario())
+
+
+def test_corrupt_or_truncated_weights_are_named_in_the_error(models, tmp_path):
+    import shutil
+
+    from openchat_core.serving.runtime import ModelLoadError, check_safetensors
+
+    good = tmp_path / "good"
+    shutil.copytree(models["old"], good)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    (good / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(16))
+    check_safetensors(good)
+    (good / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))  # truncated
+    with pytest.raises(ModelLoadError, match="ends past the end of the file"):
+        check_safetensors(good)
+    (good / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ModelLoadError, match="not a valid safetensors file"):
+        check_safetensors(good)
+    (good / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="no \\*.safetensors"):
+        check_safetensors(good)
