@@ -7,7 +7,7 @@ the dataset size.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,11 @@ COLUMNS = tuple(CONVERSATION_SCHEMA.names)
 
 
 class ConversationWriter:
-    """Buffers conversation rows and writes them as Parquet row groups of `batch_rows` rows.
+    """Buffers conversation rows as flat columns and writes them as Parquet row groups of `batch_rows` rows.
 
-    Writes go to `<path>.partial` and are renamed on `close()`, so a crash never leaves a file
-    that looks complete.
+    Messages are kept as three flat lists plus offsets, so turning a batch into Arrow is a few C-level
+    array conversions instead of a per-row walk over Python dicts. Writes go to `<path>.partial` and
+    are renamed on `close()`, so a crash never leaves a file that looks complete.
     """
 
     def __init__(self, path: Path, metadata: dict[str, str] | None = None, batch_rows: int = 4096) -> None:
@@ -40,33 +41,53 @@ class ConversationWriter:
         self._partial = self.path.with_name(self.path.name + ".partial")
         schema = CONVERSATION_SCHEMA.with_metadata(metadata) if metadata else CONVERSATION_SCHEMA
         self._writer = pq.ParquetWriter(self._partial, schema, compression="zstd")
-        self._schema = schema
         self._batch_rows = batch_rows
-        self._columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
         self.rows_written = 0
+        self._reset()
 
-    def write(self, source: str, line: int, condition: str, system: str, items: list[dict[str, Any]]) -> None:
-        cols = self._columns
-        cols["source"].append(source)
-        cols["line"].append(line)
-        cols["condition"].append(condition)
-        cols["system"].append(system)
-        cols["items"].append(items)
-        if len(cols["line"]) >= self._batch_rows:
+    def _reset(self) -> None:
+        self._sources: list[str] = []
+        self._lines: list[int] = []
+        self._conditions: list[str] = []
+        self._systems: list[str] = []
+        self._roles: list[str] = []
+        self._contents: list[str] = []
+        self._weights: list[float | None] = []
+        self._offsets: list[int] = [0]
+
+    def write_messages(self, source: str, line: int, condition: str, system: str,
+                       roles: Iterable[str], contents: Iterable[str], weights: Iterable[float | None]) -> None:
+        """Add one conversation given as parallel sequences of message fields."""
+        self._sources.append(source)
+        self._lines.append(line)
+        self._conditions.append(condition)
+        self._systems.append(system)
+        self._roles.extend(roles)
+        self._contents.extend(contents)
+        self._weights.extend(weights)
+        self._offsets.append(len(self._roles))
+        if len(self._lines) >= self._batch_rows:
             self.flush()
 
-    def write_batch(self, batch: pa.RecordBatch) -> None:
-        self.flush()
-        self._writer.write_batch(batch.select(list(COLUMNS)).cast(CONVERSATION_SCHEMA))
-        self.rows_written += batch.num_rows
+    def write(self, source: str, line: int, condition: str, system: str, items: list[dict[str, Any]]) -> None:
+        """Add one conversation given as message dicts ({role, content, weight})."""
+        self.write_messages(source, line, condition, system, [m["role"] for m in items], [m["content"] for m in items],
+                            [m["weight"] for m in items])
 
     def flush(self) -> None:
-        n = len(self._columns["line"])
+        n = len(self._lines)
         if not n:
             return
-        self._writer.write_batch(pa.RecordBatch.from_pydict(self._columns, schema=CONVERSATION_SCHEMA))
+        messages = pa.StructArray.from_arrays(
+            [pa.array(self._roles, pa.string()), pa.array(self._contents, pa.string()), pa.array(self._weights, pa.float64())],
+            fields=list(MESSAGE_TYPE))
+        batch = pa.RecordBatch.from_arrays(
+            [pa.array(self._sources, pa.string()), pa.array(self._lines, pa.int64()), pa.array(self._conditions, pa.string()),
+             pa.array(self._systems, pa.string()), pa.ListArray.from_arrays(pa.array(self._offsets, pa.int32()), messages)],
+            schema=CONVERSATION_SCHEMA)
+        self._writer.write_batch(batch)
         self.rows_written += n
-        self._columns = {name: [] for name in COLUMNS}
+        self._reset()
 
     def close(self) -> None:
         self.flush()

@@ -11,9 +11,10 @@ import json
 import math
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from openchat_core.schema import ROLES
 
@@ -86,8 +87,12 @@ def _check_weight(value: Any, field: str) -> Rejection | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return Rejection(ErrorCode.INVALID_TYPE, field, f"field '{field}' must be a number or null, got {_type_name(value)} {value!r:.40}")
-    if not math.isfinite(value):
-        return Rejection(ErrorCode.NON_FINITE_NUMBER, field, f"field '{field}' must be finite, got {value}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer too large for a double
+        finite = False
+    if not finite:
+        return Rejection(ErrorCode.NON_FINITE_NUMBER, field, f"field '{field}' must be finite, got {value!r:.40}")
     if value < 0:
         return Rejection(ErrorCode.INVALID_WEIGHT, field, f"field '{field}' must be >= 0, got {value}")
     return None
@@ -136,6 +141,50 @@ def check_record(obj: Any) -> ValidRecord | Rejection:
     if not has_assistant:
         return Rejection(ErrorCode.NO_ASSISTANT_MESSAGE, "items", "a conversation needs at least one 'assistant' message to learn from")
     return ValidRecord(out_items, obj.get("condition", ""), obj.get("system", ""), tuple(unknown))
+
+
+class _FastMessage(BaseModel):
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
+    role: Literal["user", "assistant"]
+    content: str
+    weight: float | None = Field(None, ge=0)
+
+
+class _FastConversation(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    items: list[_FastMessage] = Field(min_length=1)
+    condition: str = ""
+    system: str = ""
+
+
+class FastPath:
+    """Parse and check a line entirely in pydantic-core (Rust), for the common valid case.
+
+    It accepts a subset of what `check_record` accepts (strict types, finite weights >= 0, no lone
+    surrogates: the JSON parser refuses them); anything it refuses goes through `parse_line` for an
+    exact code and field. A property test keeps the two in agreement.
+    """
+
+    def __init__(self) -> None:
+        self._adapter = TypeAdapter(_FastConversation)
+
+    def parse(self, raw: bytes) -> _FastConversation | None:
+        try:
+            conv = self._adapter.validate_json(raw)
+        except ValidationError:
+            return None
+        for msg in conv.items:
+            if msg.role == "assistant":
+                return conv
+        return None
+
+    @staticmethod
+    def unknown_keys(conv: _FastConversation) -> list[str]:
+        keys = list(conv.__pydantic_extra__ or ())
+        for i, msg in enumerate(conv.items):
+            if msg.__pydantic_extra__:
+                keys.extend(f"items[{i}].{k}" for k in msg.__pydantic_extra__)
+        return keys
 
 
 class _NonFinite(Exception):

@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 class MissingWeightError(ValueError):
     """A training conversation has a message whose weight is still unset."""
 
+    def __init__(self, conversation_index: int, field: str) -> None:
+        super().__init__(f"conversation {conversation_index}: {field} is not set; assign weights first (`openchat assign-weights`)")
+        self.conversation_index = conversation_index
+        self.field = field
+
 
 class MissingSpecialTokenError(ValueError):
     """The tokenizer lacks a special token the model type's template needs (e.g. EOT)."""
@@ -140,8 +145,7 @@ class ConversationTemplate:
                 weight = 0.0
                 if not inference:
                     if msg.get("weight") is None:
-                        raise MissingWeightError(f"conversation {conv_index}: items[{i}].weight is not set; "
-                                                 f"assign weights first (`openchat assign-weights`)")
+                        raise MissingWeightError(conv_index, f"items[{i}].weight")
                     weight = float(msg["weight"])
                     if per_sequence_loss:
                         weight /= len(ids) + n_eot

@@ -22,14 +22,23 @@ if TYPE_CHECKING:
 SMOLLM2_CACHE_VERSION = "1"
 
 
-def default_attn_implementation() -> str:
-    """flash_attention_2 on CUDA when installed (padding-free varlen kernels), else sdpa (flex has no CPU backward)."""
+def default_attn_implementation(training: bool = True) -> str:
+    """The attention for packed training: flash_attention_2 on CUDA when installed (varlen kernels); elsewhere our
+    `sdpa_varlen` (sdpa per packed sequence; flex_attention has no CPU backward). Plain sdpa when not training."""
     import torch
     from transformers.utils import is_flash_attn_2_available
 
     if torch.cuda.is_available() and is_flash_attn_2_available():
         return "flash_attention_2"
-    return "sdpa"
+    return "sdpa_varlen" if training else "sdpa"
+
+
+def _prepare_attention(name: str) -> str:
+    if name == "sdpa_varlen":
+        from openchat_core.training.varlen_attention import register
+
+        register()
+    return name
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -69,8 +78,8 @@ def build_random_model(preset: ModelPreset, tokenizer: PreTrainedTokenizerBase, 
     config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, **preset.architecture)
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation or default_attn_implementation(),
-                                            dtype=resolve_dtype(dtype))
+    attn = _prepare_attention(attn_implementation or default_attn_implementation())
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=resolve_dtype(dtype))
 
 
 def smollm2_model_dir() -> Path:
@@ -107,7 +116,7 @@ def load_base_model(path_or_preset: str | os.PathLike[str], *, seed: int = 0, dt
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM
 
-    attn = attn_implementation or default_attn_implementation()
+    attn = _prepare_attention(attn_implementation or default_attn_implementation())
     preset = preset_of(path_or_preset)
     if preset is not None and preset.source == "random":
         tokenizer = load_tokenizer(PRESET_PREFIX + preset.tokenizer)

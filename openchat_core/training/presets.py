@@ -32,8 +32,8 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
         ),
         ModelPreset(
             name="tiny-llama3", tokenizer="llama3", model_type="openchat_3.6",
-            description="2-layer Llama (hidden 64) on the Llama 3 tokenizer, random weights",
-            architecture=dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+            description="2-layer Llama (hidden 128, head size 32: vLLM's CPU attention needs >= 32) on the Llama 3 tokenizer, random weights",
+            architecture=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
                               num_key_value_heads=2, max_position_embeddings=8192, tie_word_embeddings=True),
         ),
         ModelPreset(

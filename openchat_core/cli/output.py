@@ -1,0 +1,13 @@
+"""Small helpers for human-readable CLI output (plain text tables; no colours needed in logs)."""
+
+from __future__ import annotations
+
+import typer
+
+from openchat_core.markdown import markdown_table as table  # noqa: F401 - re-exported for commands
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print an error without a traceback and return the Exit to raise."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)

@@ -1,0 +1,242 @@
+"""The pipeline configuration: one typed, validated model, loaded from YAML and overridable key by key.
+
+Every section forbids unknown keys (a typo is an error, not a silently ignored setting) and every
+cross-field rule says how to fix a violation. The whole config is validated before any stage runs.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from openchat_core.data.weights import WeightPolicy
+from openchat_core.templates.model_types import canonical_model_type_name
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message lists every problem and how to fix it."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class StorageConfig(Section):
+    root: str = Field("./runs", description="local folder or fsspec URL (s3://bucket/prefix) holding every artifact")
+
+
+class TrackingConfig(Section):
+    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<storage.root>/mlflow.db")
+    experiment: str | None = Field(None, description="MLflow experiment; default: the pipeline name")
+
+
+class DataConfig(Section):
+    train: list[str] = Field(description="training JSONL files (globs allowed)")
+    eval: list[str] = Field(default_factory=list, description="held-out JSONL for eval loss (globs allowed)")
+    max_rejected_fraction: float | None = Field(None, ge=0, le=1, description="fail validation above this rejected share")
+    max_line_bytes: int = Field(64 * 1024 * 1024, gt=0)
+
+    @field_validator("train")
+    @classmethod
+    def _train_not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("data.train is empty: list at least one JSONL file or glob")
+        return value
+
+    def resolve(self, paths: Sequence[str], base: Path) -> list[Path]:
+        """Expand globs relative to the config's folder; each pattern must match at least one file."""
+        found: list[Path] = []
+        for pattern in paths:
+            full = pattern if Path(pattern).is_absolute() else str(base / pattern)
+            matches = sorted(Path(p) for p in glob.glob(full))
+            if not matches:
+                raise ConfigError(f"data path {pattern!r} matches no file (looked for {full})")
+            found.extend(matches)
+        return found
+
+
+class TokenizeConfig(Section):
+    model_type: str = Field("openchat_3.5", description="conversation template (see `openchat model-types`)")
+    tokenizer: str | None = Field(None, description="tokenizer folder or preset; default: model.base")
+    per_sequence_loss: bool = False
+    workers: int = Field(1, ge=1, le=64)
+    batch_rows: int = Field(2048, ge=1)
+
+    @field_validator("model_type")
+    @classmethod
+    def _known_model_type(cls, value: str) -> str:
+        try:
+            canonical_model_type_name(value)
+        except KeyError as e:
+            raise ValueError(str(e).strip('"')) from None
+        return value
+
+
+class ModelConfig(Section):
+    base: str = Field("preset:tiny-mistral", description="local HF model folder or preset:NAME")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    attn_implementation: Literal["auto", "sdpa_varlen", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="auto: flash_attention_2 on CUDA when installed, else sdpa_varlen (sdpa per packed sequence)")
+    add_missing_special_tokens: bool = Field(False, description="add the template's special tokens (mean-initialised) if missing")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(3, ge=1)
+    batch_max_len: int = Field(2048, ge=64, description="tokens per rank per step (multipack capacity)")
+    lr: float | None = Field(None, gt=0, description="peak learning rate; default: OpenChat's automatic rule")
+    lr_min_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    eps: float = Field(1e-5, gt=0)
+    grad_clip: float = Field(1.0, gt=0)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    num_procs: int = Field(1, ge=1, description="processes (GPUs) per node")
+    hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node runs")
+    seed: int = 42
+    save_every: int = Field(1, ge=1, description="save a checkpoint every N epochs (the last epoch always)")
+    gradient_checkpointing: bool = False
+    overlong: Literal["error", "truncate"] = Field("error", description="sequences longer than batch_max_len")
+
+    @model_validator(mode="after")
+    def _capacity_is_multiple_of_64(self) -> TrainConfig:
+        if self.batch_max_len % 64:
+            raise ValueError(f"train.batch_max_len={self.batch_max_len} must be a multiple of 64 "
+                             f"(OpenChat pads batches to 64 tokens); try {math.ceil(self.batch_max_len / 64) * 64}")
+        return self
+
+
+class EvalConfig(Section):
+    condition: str = Field("", description="generation condition; empty = the model type's inference condition")
+    eval_data: str | None = Field(None, description="root of eval sets (<root>/<task_type>/<task>.jsonl)")
+    eval_sets: list[str] = Field(default_factory=list, description="task-name prefixes; empty = all under eval_data")
+    engine: Literal["auto", "vllm", "transformers"] = "auto"
+    max_new_tokens: int = Field(64, ge=1)
+    primary_metric: str = Field("eval/loss", description="metric that picks the best epoch, e.g. eval/loss or gen/accuracy")
+    direction: Literal["minimize", "maximize"] = "minimize"
+    tie_break: Literal["later_epoch", "lower_loss"] = "later_epoch"
+
+
+class RegistryConfig(Section):
+    model_name: str | None = Field(None, description="registered model name; default: the pipeline name")
+    promotion_margin: float = Field(0.0, ge=0, description="candidate must beat the champion by at least this much")
+
+
+class ServeConfig(Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(18888, ge=1, le=65535)
+    engine: Literal["auto", "vllm", "transformers"] = "auto"
+    api_keys: list[str] = Field(default_factory=list)
+    smoke_prompt: str = "Hello!"
+
+
+class PipelineConfig(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="pipeline name: MLflow experiment, storage prefix")
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    data: DataConfig
+    weights: WeightPolicy
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    base_dir: str = Field(".", description="folder relative paths are resolved against: the working directory at load time")
+
+    @property
+    def tokenizer_source(self) -> str:
+        return self.tokenize.tokenizer or self.model.base
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.registry.model_name or self.name
+
+    def path(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+
+class _Replace:
+    """An override's value: replaces the target key whole (a mapping override is not merged key by key)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = _Replace(value)
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """`train.epochs=5 data.train=[a.jsonl,b.jsonl]`: values are parsed as YAML scalars/lists."""
+    data: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.epochs=5")
+        _set_path(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return data
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, _Replace):
+            out[key] = value.value
+        elif isinstance(value, dict):
+            out[key] = _merge(out[key] if isinstance(out.get(key), dict) else {}, value)
+        else:
+            out[key] = value
+    return out
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: {error.error_count()} problem(s):"]
+    for err in error.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see configs/demo.yaml for every key)"
+        lines.append(f"  - {where}: {msg}")
+    return "\n".join(lines)
+
+
+def build_config(data: dict[str, Any], overrides: Sequence[str] | dict[str, Any] = (), source: str = "config",
+                 base_dir: str | Path | None = None) -> PipelineConfig:
+    """Validate a config mapping plus overrides; relative paths resolve against `base_dir` (default: cwd)."""
+    extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    merged = _merge({"base_dir": str(Path(base_dir or Path.cwd()).resolve()), **data}, extra)
+    try:
+        return PipelineConfig.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def load_config(path: Path | str, overrides: Sequence[str] | dict[str, Any] = ()) -> PipelineConfig:
+    """Load a YAML pipeline config. Relative paths in it resolve against the working directory
+    (like every CLI here), so run from the project root or use absolute paths."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p} (shipped configs are in configs/)")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections (name, data, weights, ...)")
+    return build_config(data, overrides, source=str(p))

@@ -1,0 +1,36 @@
+"""Content digests: the identity of inputs for caching, lineage and "is this the same data?" checks."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+_CHUNK = 4 * 1024 * 1024
+
+
+def file_digest(path: Path | str, length: int = 16) -> str:
+    """sha256 of a file's bytes (streamed), shortened to `length` hex characters."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            h.update(block)
+    return h.hexdigest()[:length]
+
+
+def files_digest(paths: Iterable[Path | str], length: int = 16) -> str:
+    """Digest of several files, order-independent (sorted by name), covering names and contents."""
+    h = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        h.update(path.name.encode())
+        h.update(file_digest(path, 64).encode())
+    return h.hexdigest()[:length]
+
+
+def text_digest(*parts: str, length: int = 16) -> str:
+    """Digest of strings, e.g. a cache key made of input digests and options."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:length]

@@ -1,0 +1,154 @@
+"""Generation engines behind one small interface, and the rules both engines share.
+
+`Generator.generate(prompts, max_new_tokens)` takes prompts as token ids (built by the template
+code, never re-tokenized by an engine) and returns, per prompt, a `Generation`: the generated
+ids up to and including the first stop id, why it ended, and the text.
+
+Shared rules, so the engines are interchangeable and comparable:
+- greedy decoding; stop only at the model type's EOT ids (OpenChat's `stop_token_ids=eot_tokens_`
+  with `ignore_eos=True`: the tokenizer's EOS does not end an answer);
+- `token_ids` include the stop id when `finish_reason == "stop"` (what vLLM returns); nothing after it;
+- `text` is decoded here, in this process, from the ids before the stop id with
+  `skip_special_tokens=True`, by the same function for both engines, so identical ids always
+  give identical text (vLLM's incremental detokenizer runs under another transformers version).
+
+Engines: `TransformersGenerator` (in-process, `hf_generator.py`) and `VLLMGenerator` (vLLM's
+offline engine in the serving environment, through a subprocess worker, `vllm_generator.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+FinishReason = Literal["stop", "length"]
+EngineKind = Literal["auto", "vllm", "transformers"]
+SERVE_PYTHON_ENV = "OPENCHAT_SERVE_PYTHON"
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: FinishReason
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Greedy generation from token-id prompts; one `Generation` per prompt, in prompt order."""
+
+    name: str
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[Generation]: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Engine name, versions and settings, recorded with results."""
+        ...
+
+
+def cut_at_stop(token_ids: Sequence[int], stop_token_ids: Sequence[int]) -> tuple[tuple[int, ...], FinishReason]:
+    """Ids up to and including the first stop id ("stop"), or all of them ("length")."""
+    stops = set(stop_token_ids)
+    for i, token in enumerate(token_ids):
+        if token in stops:
+            return tuple(token_ids[: i + 1]), "stop"
+    return tuple(token_ids), "length"
+
+
+def decode_generation(tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[int], finish_reason: FinishReason) -> str:
+    """The text of a generation: the ids before the stop id, special tokens skipped (vLLM's default)."""
+    ids = list(token_ids[:-1] if finish_reason == "stop" else token_ids)
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def check_generate_args(prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f"prompt {i} is empty; prompts are token ids from ConversationTemplate.prompt_ids")
+
+
+def resolve_model_type(model_dir: Path | str, model_type: str | None = None) -> str:
+    """The checkpoint's model type (from `openchat.json`), unless given explicitly (for plain HF folders)."""
+    if model_type:
+        return model_type
+    from openchat_core.training.checkpoint import METADATA_FILE, read_checkpoint
+
+    path = Path(model_dir)
+    if not (path / METADATA_FILE).is_file():
+        raise FileNotFoundError(f"{path} has no {METADATA_FILE}, so its model type (prompt format, EOT) is unknown; "
+                                f"pass model_type=... (e.g. 'openchat_3.5') for a plain Hugging Face folder")
+    return read_checkpoint(path).model_type
+
+
+def context_limit(model_dir: Path | str, model_type: str) -> int:
+    """Tokens a prompt plus its answer may span: the model type's max context (OpenChat's
+    `model_max_context`), capped by the model's `max_position_embeddings` (vLLM refuses more)."""
+    from openchat_core.templates.model_types import get_model_type
+
+    limit = get_model_type(model_type).max_context
+    try:
+        positions = json.loads((Path(model_dir) / "config.json").read_text()).get("max_position_embeddings")
+    except (OSError, ValueError):
+        return limit
+    return min(limit, positions) if isinstance(positions, int) and positions > 0 else limit
+
+
+def stop_token_ids_for(tokenizer: PreTrainedTokenizerBase, model_type: str) -> list[int]:
+    """The model type's EOT ids in this tokenizer: what OpenChat stops on (`conv_template.eot_tokens_`)."""
+    from openchat_core.templates.conversation import TemplateSpec
+
+    return list(TemplateSpec.from_tokenizer(model_type, tokenizer).eot_ids)
+
+
+def package_root() -> Path:
+    """The folder holding this `openchat_core` (the repository root for a source checkout)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def find_serve_python() -> Path | None:
+    """The serving environment's interpreter (vLLM lives there, not in the pipeline env).
+
+    Looked up in order: `$OPENCHAT_SERVE_PYTHON`; `<repo root>/.venv-serve/bin/python`; a
+    `.venv-serve` next to the running environment (a git worktree sharing the main checkout's envs).
+    """
+    explicit = os.environ.get(SERVE_PYTHON_ENV)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise FileNotFoundError(f"${SERVE_PYTHON_ENV}={explicit} does not exist; point it at the serving "
+                                    f"environment's python (e.g. .venv-serve/bin/python), or unset it")
+        return path
+    for candidate in (package_root() / ".venv-serve" / "bin" / "python",
+                      Path(sys.prefix).parent / ".venv-serve" / "bin" / "python"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def make_generator(kind: EngineKind | str, model_dir: Path | str, **options: Any) -> Generator:
+    """An engine for a checkpoint. `auto`: vLLM when the serving environment exists, else transformers.
+
+    `options` go to the engine's constructor (`stop_token_ids`, `model_type`, `dtype`, and
+    engine-specific ones such as `batch_size` or `max_model_len`).
+    """
+    if kind == "auto":
+        kind = "vllm" if find_serve_python() is not None else "transformers"
+    if kind == "vllm":
+        from openchat_core.evaluation.vllm_generator import VLLMGenerator
+
+        return VLLMGenerator(model_dir, **options)
+    if kind == "transformers":
+        from openchat_core.evaluation.hf_generator import TransformersGenerator
+
+        return TransformersGenerator.from_checkpoint(model_dir, **options)
+    raise ValueError(f"unknown engine {kind!r}; use 'auto', 'vllm' or 'transformers'")

@@ -1,0 +1,114 @@
+"""Experiment tracking behind one small protocol: MLflow when configured, a no-op otherwise.
+
+Stage code logs through `Tracker`, never through `mlflow.*` directly, so it runs unchanged with
+tracking off, in tests, and on non-zero ranks (which get a `NullTracker`). Metrics are buffered and
+sent with `log_batch`: one sqlite round trip per flush instead of one per value.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+
+class Tracker(Protocol):
+    run_id: str | None
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None: ...
+    def flush(self) -> None: ...
+    def close(self, status: str = "FINISHED") -> None: ...
+
+
+class NullTracker:
+    run_id = None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self, status: str = "FINISHED") -> None:
+        pass
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1}} -> {"train.lr": 1}, for MLflow params."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+class MlflowTracker:
+    """Logs to one MLflow run (an existing `run_id`, or a new run, optionally nested under `parent_run_id`)."""
+
+    def __init__(self, tracking_uri: str, *, run_id: str | None = None, experiment: str | None = None, run_name: str | None = None,
+                 parent_run_id: str | None = None, flush_every_s: float = 5.0) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        if run_id is None:
+            exp = self.client.get_experiment_by_name(experiment or "Default")
+            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment or "Default")
+            tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+            run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+        self.run_id = run_id
+        self.tracking_uri = tracking_uri
+        self._pending: list[Any] = []
+        self._last_flush = time.monotonic()
+        self._flush_every_s = flush_every_s
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        if len(self._pending) >= 900 or time.monotonic() - self._last_flush > self._flush_every_s:
+            self.flush()
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        from pathlib import Path
+
+        if Path(path).is_dir():
+            self.client.log_artifacts(self.run_id, path, artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, path, artifact_path)
+
+    def flush(self) -> None:
+        if self._pending:
+            self.client.log_batch(self.run_id, metrics=self._pending)
+            self._pending = []
+        self._last_flush = time.monotonic()
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.flush()
+        self.client.set_terminated(self.run_id, status=status)

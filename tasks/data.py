@@ -1,0 +1,122 @@
+"""Data-stage tasks: validate, assign weights, pretokenize. Coarse (one per stage), content-addressed, idempotent.
+
+Each task computes its stage key from everything that decides its output; when the layout already
+holds a complete folder for that key, the task returns it without doing any work ("cached": true).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from openchat_core.data.pretokenize import pretokenize_file
+from openchat_core.data.validate import RejectedFractionExceeded, validate_files
+from openchat_core.data.weights import WeightPolicy, assign_weights_file, condition_table
+from openchat_core.digest import files_digest, text_digest
+from openchat_core.templates.conversation import TemplateSpec
+from openchat_core.templates.model_types import get_model_type
+from openchat_core.templates.tokenizers import load_tokenizer, tokenizer_fingerprint
+from storage import StorageLayout
+from tasks.common import StageOutput, md_table, publish_markdown, publish_table, retry_on_io_errors
+
+# Bump when a stage's output format or rules change, so old cached folders are not reused.
+VALIDATE_VERSION = "1"
+WEIGHTS_VERSION = "1"
+PRETOKENIZE_VERSION = "1"
+QUARANTINE_SAMPLE = 10
+
+
+def _stage_task(name: str):
+    return task(name=name, cache_policy=NONE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io_errors)
+
+
+@_stage_task("validate")
+def validate_task(layout: StorageLayout, inputs: list[str], split: str = "train", max_rejected_fraction: float | None = None,
+                  max_line_bytes: int = 64 * 1024 * 1024) -> StageOutput:
+    """Validate JSONL inputs; publishes counts by error code and a sample of rejected lines."""
+    logger = get_run_logger()
+    key = text_digest("validate", VALIDATE_VERSION, str(max_line_bytes), files_digest(inputs))
+    final = layout.stage_dir("validate", key)
+    cached = layout.is_complete(final)
+    if not cached:
+        with layout.building("validate", key) as out:
+            validate_files(inputs, out, max_line_bytes=max_line_bytes)  # the threshold is applied below, to cached runs too
+    local = layout.local_copy(final)
+    report = json.loads((local / "report.json").read_text())
+    logger.info("validate[%s]: %s lines, %s valid, %s rejected, %s blank%s", split, report["lines"], report["valid"],
+                report["rejected"], report["blank"], " (cached)" if cached else "")
+    _publish_validation(split, report, local)
+    rejected_share = report["rejected"] / max(1, report["valid"] + report["rejected"])
+    if max_rejected_fraction is not None and rejected_share > max_rejected_fraction:
+        raise RejectedFractionExceeded(
+            f"{report['rejected']} of {report['valid'] + report['rejected']} lines rejected ({rejected_share:.1%}) > allowed "
+            f"{max_rejected_fraction:.1%}; reasons in {local / 'quarantine.jsonl'}")
+    return StageOutput(stage="validate", key=key, path=final, cached=cached, report=report)
+
+
+def _publish_validation(split: str, report: dict, folder: Path) -> None:
+    sample = []
+    with open(folder / "quarantine.jsonl", encoding="utf-8") as f:
+        for line in f:
+            entry = json.loads(line)
+            sample.append({"line": f"{Path(entry['source']).name}:{entry['line']}", "code": entry["code"], "message": entry["message"][:160]})
+            if len(sample) >= QUARANTINE_SAMPLE:
+                break
+    by_code = [{"code": c, "lines": n} for c, n in report["by_code"].items()]
+    publish_markdown(
+        f"validation-{split}",
+        f"## Validation ({split})\n\n{report['lines']} lines: **{report['valid']} valid**, {report['rejected']} rejected, "
+        f"{report['blank']} blank.\n\n### Rejections by code\n\n{md_table(by_code)}\n\n### Sample of rejected lines\n\n"
+        f"{md_table(sample)}\n\nAll outputs: `{folder}`",
+        description=f"Validation of the {split} data: counts by error code and a sample of rejects",
+    )
+
+
+@_stage_task("assign-weights")
+def weights_task(layout: StorageLayout, validated: StageOutput, policy: WeightPolicy, split: str = "train") -> StageOutput:
+    """Assign C-RLFT weights; publishes the per-condition table."""
+    logger = get_run_logger()
+    key = text_digest("weights", WEIGHTS_VERSION, validated.key, policy.model_dump_json())
+    final = layout.stage_dir("weights", key)
+    cached = layout.is_complete(final)
+    if not cached:
+        with layout.building("weights", key) as out:
+            assign_weights_file(layout.local_copy(validated.path) / "conversations.parquet", out, policy)
+    report = json.loads((layout.local_copy(final) / "weights_report.json").read_text())
+    rows = condition_table(report)
+    logger.info("weights[%s]: %s conversations over %s conditions%s", split, report["conversations"], len(rows), " (cached)" if cached else "")
+    publish_table(f"conditions-{split}", rows, description=f"C-RLFT conditions of the {split} data: weight and supervision per condition")
+    return StageOutput(stage="weights", key=key, path=final, cached=cached, report=report)
+
+
+@_stage_task("pretokenize")
+def pretokenize_task(layout: StorageLayout, weighted: StageOutput, model_type: str, tokenizer_path: str, split: str = "train",
+                     per_sequence_loss: bool = False, workers: int = 1, batch_rows: int = 2048) -> StageOutput:
+    """Tokenize into OpenChat's Parquet; cached on (input, tokenizer fingerprint, model type, max context, options)."""
+    logger = get_run_logger()
+    tokenizer = load_tokenizer(tokenizer_path)
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    mt = get_model_type(model_type)
+    key = text_digest("pretokenize", PRETOKENIZE_VERSION, weighted.key, fingerprint, mt.name, str(mt.max_context), str(per_sequence_loss))
+    final = layout.stage_dir("pretokenize", key)
+    cached = layout.is_complete(final)
+    if not cached:
+        spec = TemplateSpec.from_tokenizer(mt, tokenizer)
+        with layout.building("pretokenize", key) as out:
+            report = pretokenize_file(layout.local_copy(weighted.path) / "weighted.parquet", out / "tokens.parquet", spec,
+                                      tokenizer_fingerprint=fingerprint, per_sequence_loss=per_sequence_loss, workers=workers,
+                                      batch_rows=batch_rows)
+            (out / "report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+            shutil.copy(Path(layout.local_copy(weighted.path)) / "weights_report.json", out / "weights_report.json")
+    local = layout.local_copy(final)
+    report = json.loads((local / "report.json").read_text())
+    c = report["counts"]
+    logger.info("pretokenize[%s]: %s rows, %s tokens (%s supervised)%s", split, c["rows"], c["tokens"], c["supervised_tokens"],
+                " (cached: no tokenization)" if cached else "")
+    stats = [{"statistic": k, "value": v} for k, v in {**c, **{f"length {k}": v for k, v in report["length_percentiles"].items()}}.items()]
+    publish_table(f"token-stats-{split}", stats, description=f"Token statistics of the {split} data ({mt.name}, tokenizer {fingerprint})")
+    return StageOutput(stage="pretokenize", key=key, path=final, cached=cached, report=report)

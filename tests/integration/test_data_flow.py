@@ -1,0 +1,65 @@
+"""The data flow under a real Prefect engine/server: outputs, artifacts, and cache hits on a re-run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+
+def _config(tmp_path, demo_data_dir):
+    cfg = {
+        "name": "datatest",
+        "storage": {"root": str(tmp_path / "store")},
+        "data": {"train": [str(demo_data_dir / "train.jsonl")], "eval": [str(demo_data_dir / "eval.jsonl")], "max_rejected_fraction": 0.05},
+        "weights": {"condition_weights": {"GPT4 Correct": 1.0, "GPT3": 0.1}},
+        "tokenize": {"model_type": "openchat_3.5", "tokenizer": "preset:mistral"},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_data_flow_builds_all_stages_then_hits_caches(prefect_harness, tmp_path, demo_data_dir):
+    from prefect.client.orchestration import get_client
+
+    from flows.data import data_flow
+
+    cfg = _config(tmp_path, demo_data_dir)
+    first = data_flow(str(cfg))
+    assert not first.cached
+    report = first.train.validated.report
+    assert report["rejected"] == 7 and report["lines"] == report["valid"] + report["rejected"] + report["blank"]
+    tokens = Path(first.train.tokens_file)
+    assert pq.read_metadata(tokens).num_rows == first.train.tokens.report["counts"]["rows"] == 600
+    assert first.eval is not None and first.eval.validated.report["rejected"] == 0
+    mtime = os.stat(tokens).st_mtime_ns
+
+    second = data_flow(str(cfg))
+    assert second.cached  # every stage of both splits came from the content-addressed store
+    assert second.train.tokens.path == first.train.tokens.path and os.stat(tokens).st_mtime_ns == mtime
+
+    changed = data_flow(str(cfg), ["weights.condition_weights={'GPT4 Correct': 1.0, 'GPT3': 0.2}"])
+    assert changed.train.validated.cached and not changed.train.weighted.cached and not changed.train.tokens.cached
+
+    import asyncio
+
+    async def artifact_keys():
+        async with get_client() as client:
+            return {a.key for a in await client.read_artifacts()}
+
+    keys = asyncio.run(artifact_keys())
+    assert {"validation-train", "conditions-train", "token-stats-train"} <= keys
+
+
+def test_rejected_fraction_fails_the_flow_with_reason(prefect_harness, tmp_path, demo_data_dir):
+    from flows.data import data_flow
+    from openchat_core.data.validate import RejectedFractionExceeded
+
+    with pytest.raises(RejectedFractionExceeded, match="quarantine.jsonl"):
+        data_flow(str(_config(tmp_path, demo_data_dir)), ["data.max_rejected_fraction=0.001"])
