@@ -66,6 +66,14 @@ def serve_python() -> Path:
     return python
 
 
+def resolve_engine(engine: str, python: Path | str) -> str:
+    """"auto" -> "vllm" when the serving python can import vLLM, else "transformers"; other values pass through."""
+    if engine != "auto":
+        return engine
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+    return "vllm" if subprocess.run([str(python), "-c", probe], capture_output=True).returncode == 0 else "transformers"
+
+
 def server_command(python: Path | str, model_dir: Path | str, host: str, port: int, *, engine: str = "vllm",
                    served_name: str | None = None, registry_version: str | None = None, model_type: str | None = None,
                    log_file: Path | str | None = None, extra_args: tuple[str, ...] = ()) -> list[str]:
@@ -186,10 +194,11 @@ def stop_server(pid: int, timeout_s: float = 30.0) -> None:
 def _start_server(url: str, model_dir: Path, *, api_keys: list[str], admin_key: str | None, engine: str,
                   served_name: str | None, registry_version: str | None, model_type: str | None,
                   python: Path | None, log_path: Path | None, request_log: Path | None,
-                  extra_args: tuple[str, ...], ready_timeout_s: float) -> tuple[subprocess.Popen, Path]:
+                  extra_args: tuple[str, ...], ready_timeout_s: float) -> tuple[subprocess.Popen, Path, str]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     python = python or serve_python()
+    engine = resolve_engine(engine, python)
     log_path = log_path or Path(tempfile.gettempdir()) / f"openchat-serve-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = server_command(python, model_dir, host, port, engine=engine, served_name=served_name,
@@ -203,7 +212,7 @@ def _start_server(url: str, model_dir: Path, *, api_keys: list[str], admin_key: 
     except BaseException:
         stop_server(process.pid)
         raise
-    return process, log_path
+    return process, log_path, engine
 
 
 def deploy_model(url: str, admin_key: str | None, model_dir: Path | str, *, served_name: str | None = None,
@@ -215,7 +224,8 @@ def deploy_model(url: str, admin_key: str | None, model_dir: Path | str, *, serv
     """Serve `model_dir` at `url` (start or switch), verify it with a smoke completion, return where it runs.
 
     `api_key` is the key this helper uses for /ready and the smoke completion; `api_keys` (default:
-    `[api_key]`) are the keys a newly started server accepts. `extra_args` go to a new server's
+    `[api_key]`) are the keys a newly started server accepts. `engine` may be "auto" (vLLM if the
+    serving env has it, else transformers). `extra_args` go to a new server's
     command line (e.g. `("--max-model-len", "2048")`). Raises `DeployError` with the reason.
     """
     url = url.rstrip("/")
@@ -237,7 +247,7 @@ def deploy_model(url: str, admin_key: str | None, model_dir: Path | str, *, serv
         pid = httpx.get(f"{url}/admin/status", headers=_headers(admin_key), timeout=10).json().get("pid")
         process, started, log = None, False, None
     elif start_if_down:
-        process, log = _start_server(
+        process, log, engine = _start_server(
             url, model_path, api_keys=keys, admin_key=admin_key, engine=engine, served_name=served_name,
             registry_version=registry_version, model_type=model_type, python=Path(python) if python else None,
             log_path=Path(log_path) if log_path else None, request_log=Path(request_log) if request_log else None,
@@ -272,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model_dir")
     parser.add_argument("--served-name")
     parser.add_argument("--registry-version")
-    parser.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
+    parser.add_argument("--engine", default="auto", choices=["auto", "vllm", "transformers"])
     args = parser.parse_args(argv)
     keys = [k for k in os.environ.get(API_KEYS_ENV, "").split(",") if k]
     try:

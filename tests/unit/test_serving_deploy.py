@@ -47,3 +47,11 @@ def test_keys_go_through_the_environment_not_argv():
 def test_no_server_and_no_start_is_an_error():
     with pytest.raises(deploy.DeployError, match="start_if_down"):
         deploy.deploy_model("http://127.0.0.1:9", "adm", "/tmp", start_if_down=False)
+
+
+def test_auto_engine_picks_vllm_only_where_it_imports(tmp_path):
+    assert deploy.resolve_engine("transformers", "/no/python") == "transformers"
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")  # -S: no site-packages, so no vllm
+    fake_python.chmod(0o755)
+    assert deploy.resolve_engine("auto", fake_python) == "transformers"
