@@ -58,7 +58,8 @@ class ServeSettings(BaseModel):
     log_max_mb: int = Field(128, ge=1, description="Size at which the request log rotates.")
     log_max_count: int = Field(10, ge=1, description="Rotated request log files to keep.")
     log_prompts: bool = Field(False, description="Also log prompts and outputs (personal data: off by default).")
-    log_level: str = Field("info", description="Server log level (uvicorn and openchat_core).")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Server log level (uvicorn and openchat_core).")
 
     # Engine
     dtype: DType = Field("auto", description="Weights/activations dtype. auto: bfloat16 for vLLM (its CPU kernels' fast "
