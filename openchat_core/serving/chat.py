@@ -257,6 +257,7 @@ class ChatService:
             presence_penalty=body.presence_penalty or 0.0,
             frequency_penalty=body.frequency_penalty or 0.0,
             stop=tuple(body.stop_sequences),
+            stream=bool(body.stream),
         )
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return PreparedChat(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), runtime, prompt_ids, options, include_usage)

@@ -243,7 +243,7 @@ async def smoke_test(runtime: ModelRuntime, settings: ServeSettings) -> SmokeRes
     """One short greedy completion; it must yield at least one token and finish. Raises ModelLoadError."""
     prompt = runtime.template.prompt_ids([{"role": "user", "content": settings.smoke_prompt}])
     max_tokens = max(1, min(settings.smoke_max_tokens, runtime.max_context - len(prompt)))
-    options = SamplingOptions(max_tokens=max_tokens, stop_token_ids=runtime.stop_token_ids, temperature=0.0)
+    options = SamplingOptions(max_tokens=max_tokens, stop_token_ids=runtime.stop_token_ids, temperature=0.0, stream=False)
     start = time.perf_counter()
     tokens, text, finish = 0, "", None
 

@@ -61,10 +61,27 @@ def serve_python() -> Path:
     return python
 
 
+def _head16_model():
+    """A Llama 3 tokenizer model with head_dim 16 (hidden 64, 4 heads): vLLM's CPU attention cannot run it."""
+    from dataclasses import replace
+
+    from openchat_core.templates.tokenizers import load_tokenizer
+    from openchat_core.training.model_factory import build_random_model
+    from openchat_core.training.presets import MODEL_PRESETS
+
+    preset = MODEL_PRESETS["tiny-llama3"]
+    preset = replace(preset, architecture={**preset.architecture, "hidden_size": 64, "intermediate_size": 192,
+                                           "num_attention_heads": 4, "num_key_value_heads": 2})
+    tokenizer = load_tokenizer("preset:llama3")
+    model = build_random_model(preset, tokenizer)
+    assert model.config.head_dim == 16
+    return model, tokenizer
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Two tiny-mistral checkpoints (head_dim 32: vLLM's CPU attention supports it), a corrupted copy, and a
-    tiny-llama3 one (head_dim 16: vLLM starts it, then fails on the first request)."""
+    head_dim-16 one (vLLM starts it, then fails on the first request)."""
     from openchat_core.training.checkpoint import save_checkpoint
     from openchat_core.training.model_factory import load_base_model
 
@@ -78,8 +95,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     weights = broken / "model.safetensors"
     weights.write_bytes(b"\x00garbage, not a safetensors file" + weights.read_bytes()[64:4096])
     out["broken"] = broken
-    model, tokenizer = load_base_model("preset:tiny-llama3")  # head_dim 16: vLLM's CPU attention cannot run it
-    out["head16"] = save_checkpoint(root / "head16", model, tokenizer, "openchat_3.6", {"epoch": 1})
+    out["head16"] = save_checkpoint(root / "head16", *_head16_model(), "openchat_3.6", {"epoch": 1})
     return out
 
 

@@ -40,6 +40,7 @@ class SamplingOptions:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     stop: tuple[str, ...] = ()
+    stream: bool = True  # False: the consumer only needs the end result, so an engine may send one delta per choice
 
 
 @dataclass(frozen=True)

