@@ -220,7 +220,7 @@ async def load_runtime(spec: ModelSpec, settings: ServeSettings, engine_factory:
     config = EngineConfig(model_dir=model_dir, max_model_len=context_length(model_dir, model_type, settings.max_model_len),
                           dtype=settings.resolved_dtype(),
                           max_num_seqs=settings.max_num_seqs, seed=settings.seed, kv_cache_gib=settings.kv_cache_gib,
-                          enforce_eager=settings.enforce_eager)
+                          enforce_eager=settings.enforce_eager, threads=settings.torch_threads)
     engine = engine_factory(kind, config)
     try:
         await engine.start()

@@ -72,6 +72,8 @@ class ServeSettings(BaseModel):
                                                                "VLLM_CPU_KVCACHE_SPACE, if set, wins.")
     enforce_eager: bool = Field(True, description="vLLM: no CUDA graphs / torch.compile (fast start; turn off on GPU for speed).")
     seed: int = Field(0, description="Engine seed (per-request `seed` still makes a request reproducible).")
+    torch_threads: int | None = Field(None, ge=1, description="transformers engine: torch intra-op threads; default "
+                                                              "half the cores (more threads stall on a busy machine).")
 
     # Chat behaviour
     default_max_tokens: int | None = Field(None, ge=1, description="Completion budget when a request gives none; "

@@ -64,6 +64,7 @@ class EngineConfig:
     seed: int = 0
     kv_cache_gib: float | None = None
     enforce_eager: bool = True
+    threads: int | None = None  # transformers engine: torch intra-op threads (None: half the cores)
     extra: dict[str, object] = field(default_factory=dict)
 
 

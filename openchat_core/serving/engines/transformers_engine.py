@@ -11,6 +11,9 @@ How it batches (continuous batching, not one request at a time):
 - Finished or aborted rows leave the batch at the next step; the cache is re-packed only when
   the batch's membership changes, not every step.
 
+Threads: torch runs with `threads` intra-op threads (default: half the cores, see
+`default_threads`); the process is the engine's, so this process-wide setting is fine.
+
 Each request has its own sampling parameters (temperature, top_p, presence/frequency penalties)
 and, when it gives a seed, its own torch.Generator per choice (seed + choice index), so a seeded
 request is reproducible whatever else is in the batch. Not implemented: chunked prefill (a long
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import threading
 from collections import deque
@@ -48,6 +52,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger("openchat_core.serving.transformers_engine")
 
 SEED_MASK = (1 << 63) - 1
+
+
+def default_threads() -> int:
+    """Half the cores: decode steps are small, and OpenMP threads that must wait for a core (the event loop,
+    tokenization, other processes) stall every op. Measured on a shared 2-core box, tiny model, 8 concurrent
+    requests: 1 thread 1,909 tok/s, 2 threads 27 tok/s."""
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 @dataclass
@@ -200,6 +211,7 @@ class TransformersEngine:
         self._vocab_size = int(self._model.get_output_embeddings().weight.shape[0])
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         torch.manual_seed(self.config.seed)
+        torch.set_num_threads(self.config.threads or default_threads())
 
     async def shutdown(self) -> None:
         with self._cond:
