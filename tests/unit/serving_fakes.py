@@ -1,0 +1,155 @@
+"""Test doubles for the serving unit tests: an in-memory engine and tokenizer-only checkpoints.
+
+`FakeEngine` implements the engine interface for real (token ids in, incremental text out via
+the same `ChoiceText` the transformers engine uses, stop ids, stop strings, max_tokens, n,
+abort), but its "model" just spells out a fixed reply. Everything it was asked is recorded, so
+tests can assert on the exact prompt ids and sampling options the app sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from openchat_core.serving.engines.base import Delta, EngineConfig, EngineUnavailableError, SamplingOptions
+from openchat_core.serving.engines.text import ChoiceText
+
+REPLY = "Hello there, friend"
+
+
+def make_tokenizer_checkpoint(folder: Path, tokenizer: Any, model_type: str = "openchat_3.5",
+                              max_positions: int = 8192) -> Path:
+    """A checkpoint folder with everything the app reads, but no weights (the fake engine needs none)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(folder))
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": max_positions}))
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [32000, 2]}))
+    (folder / "openchat.json").write_text(json.dumps({"model_type": model_type}))
+    header = json.dumps({"__metadata__": {"format": "pt"}}).encode()
+    (folder / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)  # valid, no tensors
+    return folder
+
+
+@dataclass
+class Call:
+    request_id: str
+    prompt_ids: list[int]
+    options: SamplingOptions
+
+
+class FakeEngine:
+    name = "fake"
+
+    def __init__(self, config: EngineConfig, *, reply: Callable[[int], str] | str = REPLY, delay: float = 0.0,
+                 fail_start: Exception | None = None, fail_generate: Exception | None = None,
+                 tokens_before_failure: int = 0, silent: bool = False, fail_smoke: bool = False) -> None:
+        self.config = config
+        self.reply = reply
+        self.delay = delay
+        self.fail_start = fail_start
+        self.fail_generate = fail_generate
+        self.tokens_before_failure = tokens_before_failure
+        self.silent = silent  # finish without producing a token (a broken model)
+        self.fail_smoke = fail_smoke  # apply fail_generate/silent to the smoke test too (else only to clients)
+        self.calls: list[Call] = []
+        self.aborted: list[str] = []
+        self.started = False
+        self.shut_down = False
+        self.healthy = True
+        self.active: set[str] = set()
+        self.tokenizer: Any = None
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.shut_down and self.healthy
+
+    @property
+    def max_context(self) -> int:
+        return self.config.max_model_len
+
+    async def start(self) -> None:
+        if self.fail_start is not None:
+            raise self.fail_start
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(self.config.model_dir / "tokenizer.json"))
+        self.started = True
+
+    async def shutdown(self) -> None:
+        self.shut_down = True
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+        self.active.discard(request_id)
+
+    def reply_for(self, index: int) -> str:
+        return self.reply(index) if callable(self.reply) else self.reply
+
+    async def generate(self, request_id: str, prompt_ids: list[int], options: SamplingOptions) -> AsyncIterator[Delta]:
+        if not self.ready:
+            raise EngineUnavailableError("fake engine is not running")
+        self.calls.append(Call(request_id, list(prompt_ids), options))
+        self.active.add(request_id)
+        faulty = self.fail_smoke or not request_id.startswith("smoke-")
+        try:
+            if self.silent and faulty:
+                for index in range(options.n):
+                    yield Delta(index, "", (), "stop")
+                return
+            choices = []
+            for index in range(options.n):
+                ids = self.tokenizer.encode(self.reply_for(index), add_special_tokens=False).ids
+                eot = options.stop_token_ids[:1]
+                choices.append((index, [*ids, *eot], ChoiceText(self.tokenizer, prompt_ids, options.stop)))
+            produced = [0] * options.n
+            done = [False] * options.n
+            step = 0
+            while not all(done):
+                for index, ids, text in choices:
+                    if done[index]:
+                        continue
+                    if faulty and self.fail_generate is not None and step >= self.tokens_before_failure:
+                        raise self.fail_generate
+                    if request_id not in self.active:
+                        return
+                    token = ids[produced[index]]
+                    produced[index] += 1
+                    if token in options.stop_token_ids:
+                        done[index] = True
+                        yield Delta(index, text.finish(), (token,), "stop")
+                        continue
+                    new, stopped = text.push(token)
+                    if stopped:
+                        done[index] = True
+                        yield Delta(index, new, (token,), "stop")
+                    elif produced[index] >= options.max_tokens or produced[index] >= len(ids):
+                        done[index] = True
+                        yield Delta(index, new + text.finish(), (token,), "length")
+                    else:
+                        yield Delta(index, new, (token,))
+                step += 1
+                await asyncio.sleep(self.delay)
+        finally:
+            self.active.discard(request_id)
+
+
+@dataclass
+class FakeEngineFactory:
+    """`engine_factory` for build_app: builds FakeEngines, per-folder options, and remembers them."""
+
+    default: dict[str, Any] = field(default_factory=dict)
+    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
+    engines: list[FakeEngine] = field(default_factory=list)
+
+    def __call__(self, kind: str, config: EngineConfig) -> FakeEngine:
+        options = {**self.default, **self.per_model.get(config.model_dir.name, {})}
+        engine = FakeEngine(config, **options)
+        self.engines.append(engine)
+        return engine
+
+    def for_model(self, name: str) -> list[FakeEngine]:
+        return [e for e in self.engines if e.config.model_dir.name == name]
