@@ -31,10 +31,10 @@ def ensure_demo_data(train_file: Path) -> None:
                f"{info['malformed_lines']} malformed lines, {info['eval_questions']} held-out questions")
 
 
-def ask(deployment: dict, question: str) -> str:
+def ask(deployment: dict, question: str, api_key: str | None) -> str:
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"{deployment['url']}/v1", api_key=deployment.get("api_key") or "none", max_retries=2, timeout=60)
+    client = OpenAI(base_url=deployment["openai_base_url"], api_key=api_key or "none", max_retries=2, timeout=60)
     reply = client.chat.completions.create(model=deployment["served_name"], messages=[{"role": "user", "content": question}],
                                            max_tokens=32, temperature=0)
     return reply.choices[0].message.content or ""
@@ -53,7 +53,8 @@ def run_demo(config: str, overrides: list[str], question: str) -> None:
     summary = pipeline_flow(config, overrides, deploy=True)
     answer = None
     if summary.deployment:
-        answer = ask(summary.deployment, question)
+        keys = cfg.serve.api_keys()
+        answer = ask(summary.deployment, question, keys[0] if keys else None)
     elapsed = time.time() - started
 
     typer.echo("\n" + "=" * 78 + "\nDemo summary\n" + "=" * 78)
@@ -65,7 +66,8 @@ def run_demo(config: str, overrides: list[str], question: str) -> None:
                    f"decision: {d.get('action')} - {d.get('reason')}")
     if summary.deployment:
         dep = summary.deployment
-        typer.echo(f"\nServing {dep['served_name']} (v{dep.get('registry_version', '?')}) at {dep['url']}/v1 with the {dep.get('engine')} engine")
+        typer.echo(f"\nServing {dep['served_name']} (v{dep['registry_version']}, alias {dep['alias']}) at {dep['openai_base_url']} "
+                   f"with the {dep['engine']} engine")
         typer.echo(f"Q: {question}\nA: {answer!r}")
         typer.echo(f"Try: curl {dep['url']}/v1/chat/completions -H 'Content-Type: application/json' "
                    f"-d '{{\"model\": \"{dep['served_name']}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Add 2 and 5\"}}]}}'")

@@ -24,6 +24,7 @@ from openchat_core.digest import text_digest
 from openchat_core.markdown import markdown_table
 from tasks.common import publish_markdown
 from tasks.data import track_data_task
+from tasks.deploy import deploy_task
 from tasks.tracking import TrackingContext, flow_run, prefect_tags
 from tasks.train import TrainOutput, train_task
 
@@ -51,7 +52,8 @@ class PipelineSummary(BaseModel):
         if self.decision:
             parts += [f"Decision: **{self.decision['action']}**, {self.decision['reason']}"]
         if self.deployment:
-            parts += ["### Serving", markdown_table([self.deployment])]
+            shown = ("served_name", "registry_version", "openai_base_url", "engine", "pid")
+            parts += ["### Serving", markdown_table([{k: self.deployment.get(k) for k in shown}])]
         parts += ["### Tracking", markdown_table([self.mlflow])]
         return "\n\n".join(p for p in parts if p)
 
@@ -103,7 +105,7 @@ def run_pipeline(cfg: PipelineConfig, *, deploy: bool | None = None, skip_if_unc
         promotion: PromotionOutput = run_evaluate_and_promote(cfg, tracking, train, heldout_file, heldout_key, data.train.tokens.key)
         deployment = None
         if deploy if deploy is not None else cfg.serve.enabled:
-            deployment = deploy_champion(cfg, tracking, layout)
+            deployment = deploy_task(cfg, tracking, layout)
         cached = [f"{s}:{o.stage}" for s, split in (("train", data.train), ("eval", data.eval)) if split
                   for o in (split.validated, split.weighted, split.tokens) if o.cached] + (["train"] if train.cached else [])
         summary = PipelineSummary(
@@ -116,12 +118,6 @@ def run_pipeline(cfg: PipelineConfig, *, deploy: bool | None = None, skip_if_unc
     layout.write_json(last, {"key": key, "version": promotion.registration.version})
     publish_markdown("pipeline-summary", summary.markdown(), "What this pipeline run did")
     return summary
-
-
-def deploy_champion(cfg: PipelineConfig, tracking: TrackingContext, layout: Any) -> dict[str, Any] | None:
-    """Placeholder until the serving stage lands: nothing is deployed."""
-    get_run_logger().warning("serving is not available in this build; skipping deployment")
-    return None
 
 
 @flow(name="openchat-pipeline", log_prints=True)

@@ -131,12 +131,22 @@ class RegistryConfig(Section):
 
 
 class ServeConfig(Section):
-    enabled: bool = True
+    enabled: bool = Field(True, description="deploy the champion at the end of the pipeline")
     host: str = "127.0.0.1"
     port: int = Field(18888, ge=1, le=65535)
-    engine: Literal["auto", "vllm", "transformers"] = "auto"
-    api_keys: list[str] = Field(default_factory=list)
+    engine: Literal["auto", "vllm", "transformers"] = Field("auto", description="auto: vLLM when the serving env has it")
+    api_keys_env: str | None = Field(None, description="name of an env var holding comma-separated API keys (never put keys in YAML)")
     smoke_prompt: str = "Hello!"
+    max_model_len: int | None = Field(None, ge=64, description="cap the served context (saves KV-cache memory)")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def api_keys(self) -> list[str]:
+        import os
+
+        return [k for k in os.environ.get(self.api_keys_env, "").split(",") if k] if self.api_keys_env else []
 
 
 class PipelineConfig(Section):

@@ -13,7 +13,7 @@ import importlib.metadata
 
 import typer
 
-from openchat_core.cli import data_commands, eval_commands, train_commands
+from openchat_core.cli import data_commands, eval_commands, serve_commands, train_commands
 
 
 def build_app() -> typer.Typer:
@@ -22,6 +22,7 @@ def build_app() -> typer.Typer:
     data_commands.register(app)
     train_commands.register(app)
     eval_commands.register(app)
+    serve_commands.register(app)
     for entry_point in importlib.metadata.entry_points(group="openchat.commands"):
         entry_point.load()(app)
     return app

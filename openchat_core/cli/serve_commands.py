@@ -1,0 +1,76 @@
+"""`openchat serve` (run the OpenAI-compatible server) and `openchat deploy` (serve a registered model, start or switch)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from openchat_core.cli.eval_commands import MlflowUri, _uri
+from openchat_core.cli.output import fail, table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(serve)
+    app.command("deploy")(deploy)
+
+
+def serve(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option(help="checkpoint folder, or models:/NAME@champion / models:/NAME/VERSION")],
+    engine: Annotated[str, typer.Option(help="auto (vLLM if the serving env exists), vllm, or transformers")] = "auto",
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 18888,
+    mlflow_uri: MlflowUri = None,
+) -> None:
+    """Serve a model behind the OpenAI-compatible API (/v1/chat/completions, /v1/models, /health, /ready, /metrics).
+
+    Other flags pass through to the server (see `python -m openchat_core.serving --help`), e.g.
+    --api-keys sk-1 sk-2 --admin-key ADMIN --log-file openchat.log --log-prompts --served-name openchat_3.5.
+    Keys can also come from OPENCHAT_API_KEYS / OPENCHAT_ADMIN_KEY (keeps them out of `ps`).
+
+    Example: openchat serve --model models:/openchat-demo@champion --port 18888
+    """
+    from openchat_core.registry.store import RegistryError, resolve_model_dir
+    from openchat_core.serving.deploy import resolve_engine, serve_python
+
+    try:
+        model_dir = resolve_model_dir(model, _uri(mlflow_uri) if model.startswith("models:/") else None)
+    except (FileNotFoundError, RegistryError) as e:
+        raise fail(str(e)) from None
+    python = serve_python()
+    chosen = resolve_engine(engine, python) if python.exists() else "transformers"
+    args = ["--model", str(model_dir), "--engine", chosen, "--host", host, "--port", str(port), *ctx.args]
+    if chosen == "vllm":  # vLLM lives in the serving environment: become that process
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))}
+        os.execve(str(python), [str(python), "-m", "openchat_core.serving", *args], env)
+    from openchat_core.serving.__main__ import main as serve_main
+
+    sys.exit(serve_main(args))
+
+
+def deploy(
+    name: Annotated[str, typer.Argument(help="registered model name")],
+    alias: Annotated[str, typer.Option(help="which version to serve")] = "champion",
+    url: Annotated[str, typer.Option(help="where the server runs (started if nothing answers there)")] = "http://127.0.0.1:18888",
+    engine: Annotated[str, typer.Option()] = "auto",
+    state_dir: Annotated[Path, typer.Option(help="serving state: admin key, server and request logs")] = Path("runs/serving"),
+    mlflow_uri: MlflowUri = None,
+) -> None:
+    """Serve models:/NAME@ALIAS: start the server, or switch the running one with no downtime (smoke-tested first).
+
+    Example: openchat deploy openchat-demo --alias champion
+    """
+    from openchat_core.registry.deployment import deploy_registered
+    from openchat_core.registry.store import RegistryError
+    from openchat_core.serving.deploy import DeployError
+
+    keys = [k for k in os.environ.get("OPENCHAT_API_KEYS", "").split(",") if k]
+    try:
+        record = deploy_registered(_uri(mlflow_uri), name, alias=alias, url=url, state_dir=state_dir.resolve(), engine=engine, api_keys=keys)
+    except (DeployError, RegistryError) as e:
+        raise fail(str(e)) from None
+    typer.echo(table([{k: record[k] for k in ("served_name", "registry_version", "openai_base_url", "engine", "pid", "started_server")}]))
