@@ -1,11 +1,14 @@
 """Deterministic mixed-quality demo data (`openchat demo-data`): the C-RLFT setting in miniature.
 
-Small symbolic tasks whose answers can be checked exactly (reverse, last item, count, uppercase,
-next letter, single-digit addition). Two data sources, as in OpenChat's paper:
+Small symbolic tasks whose answers can be checked exactly and that a 2-layer model learns in CPU
+minutes (count, single-digit addition, next/previous letter, first/last item; reversing and
+uppercasing were tried and need more capacity or time than a demo has). Two data sources, as in
+OpenChat's paper:
 
 - an **expert** class (condition "GPT4 Correct", ~20% of conversations): always correct;
 - a **noisy** class (condition "GPT3", ~80%): correct only ~25% of the time; otherwise it makes
-  the task's *typical* mistake (copies instead of reversing, counts one too many, ...).
+  the task's *typical* mistake (counts one too many, gives the next letter for the previous one,
+  the last item for the first, ...).
 
 Because the noisy mistakes are systematic and the noisy class is larger, plain SFT on everything
 learns the mistake as the most likely answer; C-RLFT (condition prefixes + lower weight for the
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 EXPERT_CONDITION = "GPT4 Correct"
 NOISY_CONDITION = "GPT3"
 LETTERS = string.ascii_lowercase
@@ -48,25 +51,25 @@ def _letters(rng: random.Random, low: int, high: int) -> list[str]:
 
 
 TASKS: tuple[DemoTask, ...] = (
-    DemoTask("reverse", lambda r: (lambda xs: (f"Reverse: {' '.join(xs)}", xs))(_letters(r, 3, 5)),
-             lambda xs: " ".join(reversed(xs)), lambda xs: " ".join(xs)),
-    DemoTask("last", lambda r: (lambda xs: (f"Last item: {' '.join(xs)}", xs))(_letters(r, 3, 6)),
-             lambda xs: xs[-1], lambda xs: xs[0]),
     DemoTask("count", lambda r: (lambda xs: (f"Count the items: {' '.join(xs)}", xs))(_letters(r, 2, 7)),
              lambda xs: str(len(xs)), lambda xs: str(len(xs) + 1)),
-    DemoTask("upper", lambda r: (lambda xs: (f"Uppercase: {' '.join(xs)}", xs))(_letters(r, 2, 4)),
-             lambda xs: " ".join(x.upper() for x in xs), lambda xs: " ".join(xs)),
-    DemoTask("next", lambda r: (lambda c: (f"Next letter after {c}", c))(r.choice(LETTERS[:-1])),
-             lambda c: LETTERS[LETTERS.index(c) + 1], lambda c: LETTERS[LETTERS.index(c) - 1] if c != "a" else "z"),
     DemoTask("add", lambda r: (lambda a, b: (f"Add {a} and {b}", (a, b)))(r.randint(0, 9), r.randint(0, 9)),
              lambda ab: str(ab[0] + ab[1]), lambda ab: str(ab[0] + ab[1] + 1)),
+    DemoTask("next", lambda r: (lambda c: (f"Next letter after {c}", c))(r.choice(LETTERS[:-1])),
+             lambda c: LETTERS[LETTERS.index(c) + 1], lambda c: LETTERS[LETTERS.index(c) - 1] if c != "a" else "z"),
+    DemoTask("previous", lambda r: (lambda c: (f"Letter before {c}", c))(r.choice(LETTERS[1:])),
+             lambda c: LETTERS[LETTERS.index(c) - 1], lambda c: LETTERS[LETTERS.index(c) + 1] if c != "z" else "a"),
+    DemoTask("last", lambda r: (lambda xs: (f"Last item: {' '.join(xs)}", xs))(_letters(r, 3, 5)),
+             lambda xs: xs[-1], lambda xs: xs[0]),
+    DemoTask("first", lambda r: (lambda xs: (f"First item: {' '.join(xs)}", xs))(_letters(r, 3, 5)),
+             lambda xs: xs[0], lambda xs: xs[-1]),
 )
 TASKS_BY_NAME = {t.name: t for t in TASKS}
 
 # Lines that must end up in quarantine, one per interesting rule (the demo shows validation at work).
 MALFORMED_LINES: tuple[str, ...] = (
-    '{"items": [{"role": "user", "content": "Reverse: a b"}, {"role": "assistant", "content": "b a"}',  # truncated JSON
-    '{"items": [{"role": "bot", "content": "Reverse: a b"}, {"role": "assistant", "content": "b a"}]}',
+    '{"items": [{"role": "user", "content": "First item: a b"}, {"role": "assistant", "content": "a"}',  # truncated JSON
+    '{"items": [{"role": "bot", "content": "First item: a b"}, {"role": "assistant", "content": "a"}]}',
     '{"items": [{"role": "user", "content": "Add 1 and 2"}, {"role": "assistant", "content": "3", "weight": NaN}]}',
     '{"items": [{"role": "user", "content": "Add 1 and 2"}, {"role": "assistant", "content": "3", "weight": true}]}',
     '{"items": [], "condition": "GPT4 Correct"}',
@@ -98,14 +101,14 @@ def generate_demo_data(out_dir: Path | str, seed: int = 0, sizes: DemoSizes = De
         while len(eval_rows[task.name]) < sizes.eval_per_task and attempts < 50 * sizes.eval_per_task:
             attempts += 1
             question, value = task.make(rng)
-            if question in eval_questions and task.name not in ("next", "add"):
+            if question in eval_questions and task.name not in ("next", "previous", "add"):
                 continue
             eval_questions.add(question)
             eval_rows[task.name].append({"question": question, "label": task.correct(value)})
 
     train: list[str] = []
     counts = {"expert": 0, "noisy": 0, "noisy_correct": 0}
-    small_space = {"next", "add"}  # 25 and 100 possible questions: the eval split necessarily overlaps training
+    small_space = {"next", "previous", "add"}  # 25-100 possible questions: the eval split necessarily overlaps training
     while len(train) < sizes.train:
         task = TASKS[rng.randrange(len(TASKS))]
         question, value = task.make(rng)

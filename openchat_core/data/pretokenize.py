@@ -19,6 +19,8 @@ bounded window of worker processes, in input order, so memory is bounded and out
 from __future__ import annotations
 
 import concurrent.futures as cf
+import gc
+import itertools
 import json
 import multiprocessing
 import os
@@ -26,11 +28,15 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+import functools
+from typing import Annotated, Any, Literal
+
+from typing_extensions import NotRequired, TypedDict  # pydantic needs typing_extensions.TypedDict on Python < 3.12
 
 import numpy as np
 import orjson
 import pyarrow as pa
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 import pyarrow.parquet as pq
 
 from openchat_core import __version__
@@ -97,7 +103,7 @@ def pack_conversations(segments: list[list[tuple[list[int], float]]], max_contex
     seg_ids = [ids for conv in segments for ids, _ in conv]
     seg_lens = np.fromiter((len(ids) for ids in seg_ids), dtype=np.int64, count=len(seg_ids))
     seg_weights = np.fromiter((w for conv in segments for _, w in conv), dtype=np.float64, count=len(seg_ids))
-    flat_tokens = np.fromiter((t for ids in seg_ids for t in ids), dtype=np.int32, count=int(seg_lens.sum()))
+    flat_tokens = np.fromiter(itertools.chain.from_iterable(seg_ids), dtype=np.int32, count=int(seg_lens.sum()))
     flat_weights = np.repeat(seg_weights, seg_lens)
 
     segs_per_conv = np.fromiter((len(c) for c in segments), dtype=np.int64, count=len(segments))
@@ -170,9 +176,18 @@ def _conversations_of(chunk: _Chunk) -> tuple[list[dict[str, Any]], list[str]]:
         rows = chunk.parquet_rows.to_pylist()
         return rows, [f"{r['source']}:{r['line']}" for r in rows]
     convs, where = [], []
+    fast = _fast_conversation_adapter()
     for offset, raw in enumerate(chunk.jsonl_lines or ()):
         line_no = chunk.first_line + offset
         if not raw.strip():
+            continue
+        try:
+            conv = fast.validate_json(raw)
+        except ValidationError:
+            conv = None
+        if conv is not None and any(m["role"] == "assistant" for m in conv["items"]):
+            convs.append(conv)
+            where.append(f"{chunk.source}:{line_no}")
             continue
         result = parse_line(raw)
         if isinstance(result, Rejection):
@@ -184,7 +199,40 @@ def _conversations_of(chunk: _Chunk) -> tuple[list[dict[str, Any]], list[str]]:
     return convs, where
 
 
+class _FastMessage(TypedDict):
+    __pydantic_config__ = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")  # type: ignore[misc]
+    role: Literal["user", "assistant"]
+    content: str
+    weight: NotRequired[Annotated[float, Field(ge=0)] | None]
+
+
+class _FastConversation(TypedDict):
+    __pydantic_config__ = ConfigDict(strict=True, extra="allow")  # type: ignore[misc]
+    items: Annotated[list[_FastMessage], Field(min_length=1)]
+    condition: NotRequired[str]
+    system: NotRequired[str]
+
+
+@functools.cache
+def _fast_conversation_adapter() -> TypeAdapter:
+    """Strict JSON -> dict validation in pydantic-core for the common valid line (the rules' fast path, as dicts);
+    anything it refuses goes through `parse_line` for the exact error. Cached: building the validator is costly."""
+    return TypeAdapter(_FastConversation)
+
+
 def process_chunk(template: ConversationTemplate, chunk: _Chunk, per_sequence_loss: bool) -> tuple[pa.RecordBatch, BatchStats, np.ndarray]:
+    """Tokenize and pack one chunk. The cyclic GC is paused meanwhile: the chunk creates millions of short-lived
+    token-id lists, and collections triggered by them (traversing every live list) cost as much as the tokenization."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _process_chunk(template, chunk, per_sequence_loss)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _process_chunk(template: ConversationTemplate, chunk: _Chunk, per_sequence_loss: bool) -> tuple[pa.RecordBatch, BatchStats, np.ndarray]:
     convs, where = _conversations_of(chunk)
     try:
         segments = template.segments(convs, inference=False, per_sequence_loss=per_sequence_loss)
@@ -259,12 +307,12 @@ def pretokenize_file(
     if not src.is_file():
         raise FileNotFoundError(f"input not found: {src}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(out.name + ".rows.partial")
+    staging = out.with_name(out.name + ".rows.arrow.partial")
     report = PretokenizeReport(output=str(out), model_type=spec.model_type.name, tokenizer_fingerprint=tokenizer_fingerprint,
                                max_context=spec.model_type.max_context, per_sequence_loss=per_sequence_loss,
                                source_digest=file_digest(src))
     all_lengths: list[np.ndarray] = []
-    writer = pq.ParquetWriter(staging, OPENCHAT_SCHEMA, compression="none")
+    writer = pa.ipc.new_file(staging, OPENCHAT_SCHEMA)  # Arrow IPC staging: no encoding; Parquet is encoded once, at the end
     try:
         for batch, stats, lengths in _run_chunks(iter_chunks(src, batch_rows), spec, per_sequence_loss, workers):
             if batch.num_rows:
@@ -315,13 +363,17 @@ def _metadata_json(report: PretokenizeReport, spec: TemplateSpec) -> bytes:
 
 
 def _finalize(staging: Path, out: Path, metadata_json: bytes) -> None:
-    """Rewrite the uncompressed staging file with the final schema metadata (counts are only known now), then rename."""
+    """Encode the staged Arrow batches into Parquet with the final schema metadata (counts are only known now).
+
+    Arrow fixes a Parquet file's schema metadata when the writer opens, so the rows are staged as
+    Arrow IPC (memory-mapped, no encoding) and written to Parquet once, one row group per batch.
+    """
     schema = OPENCHAT_SCHEMA.with_metadata({"metadata_json": metadata_json})
     partial = out.with_name(out.name + ".partial")
-    source = pq.ParquetFile(staging)
-    with pq.ParquetWriter(partial, schema, compression="snappy") as writer:
-        for i in range(source.num_row_groups):
-            writer.write_table(source.read_row_group(i).replace_schema_metadata(schema.metadata))
+    with pa.memory_map(str(staging)) as source, pq.ParquetWriter(partial, schema, compression="snappy") as writer:
+        reader = pa.ipc.open_file(source)
+        for i in range(reader.num_record_batches):
+            writer.write_batch(reader.get_batch(i).replace_schema_metadata(schema.metadata))
     staging.unlink()
     partial.replace(out)
 

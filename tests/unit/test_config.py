@@ -20,7 +20,42 @@ def test_every_shipped_config_validates(path):
 
 
 def test_shipped_configs_exist():
-    assert {p.stem for p in CONFIGS} >= {"demo"}
+    assert {p.stem for p in CONFIGS} >= {"demo", "smollm2-135m", "openchat-3.5-mistral-7b", "openchat-3.6-llama3-8b"}
+
+
+def test_gpu_presets_follow_openchat_recipes():
+    mistral = load_config(CONFIGS[0].parent / "openchat-3.5-mistral-7b.yaml")
+    llama3 = load_config(CONFIGS[0].parent / "openchat-3.6-llama3-8b.yaml")
+    assert (mistral.train.batch_max_len, llama3.train.batch_max_len) == (77824, 40960)  # OpenChat's per-GPU batch sizes
+    for cfg in (mistral, llama3):
+        assert cfg.train.zero_stage == 2 and cfg.model.dtype == "bfloat16" and cfg.model.attn_implementation == "flash_attention_2"
+        assert cfg.train.lr is None  # OpenChat's automatic learning rate
+
+
+PREFECT_YAML = Path(__file__).parents[2] / "prefect.yaml"
+
+
+def _deployments():
+    return yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
+
+
+@pytest.mark.parametrize("deployment", _deployments(), ids=lambda d: d["name"])
+def test_prefect_deployments_bind_to_their_flows(deployment):
+    import importlib
+    import inspect
+
+    module_path, func = deployment["entrypoint"].split(":")
+    module = importlib.import_module(module_path.removesuffix(".py").replace("/", "."))
+    flow = getattr(module, func)
+    inspect.signature(flow.fn).bind(**deployment.get("parameters", {}))  # every parameter exists on the flow
+    load_config(Path(__file__).parents[2] / deployment["parameters"]["config_path"])
+    assert deployment["work_pool"]["name"] == "local-process"
+
+
+def test_deployment_set_covers_schedule_ui_and_every_stage():
+    by_name = {d["name"]: d for d in _deployments()}
+    assert by_name["nightly"]["schedules"][0]["cron"] and by_name["nightly"]["parameters"]["skip_if_unchanged"] is True
+    assert {"on-demand", "data", "train", "evaluate-and-promote", "deploy"} <= set(by_name)
 
 
 def test_overrides_are_typed_and_nested():

@@ -21,21 +21,21 @@ def _conversations(path):
 
 
 def _task_of(question):
-    prefixes = {"Reverse:": "reverse", "Last item:": "last", "Count the items:": "count", "Uppercase:": "upper",
+    prefixes = {"First item:": "first", "Last item:": "last", "Count the items:": "count", "Letter before": "previous",
                 "Next letter after": "next", "Add": "add"}
     return next(t for p, t in prefixes.items() if question.startswith(p))
 
 
 def _solve(question):
     task, body = _task_of(question), question.split(":", 1)[-1].split()
-    if task == "reverse":
-        return " ".join(reversed(body))
+    if task == "first":
+        return body[0]
     if task == "last":
         return body[-1]
     if task == "count":
         return str(len(body))
-    if task == "upper":
-        return " ".join(x.upper() for x in body)
+    if task == "previous":
+        return chr(ord(question.split()[-1]) - 1)
     if task == "next":
         return chr(ord(question.split()[-1]) + 1)
     words = question.split()
@@ -45,7 +45,7 @@ def _solve(question):
 def test_deterministic_bytes(tmp_path):
     generate_demo_data(tmp_path / "a", seed=3, sizes=DemoSizes(train=300, eval_per_task=5))
     generate_demo_data(tmp_path / "b", seed=3, sizes=DemoSizes(train=300, eval_per_task=5))
-    for name in ("train.jsonl", "eval.jsonl", "eval_data/demo/exact/reverse.jsonl"):
+    for name in ("train.jsonl", "eval.jsonl", "eval_data/demo/exact/first.jsonl"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     generate_demo_data(tmp_path / "c", seed=4, sizes=DemoSizes(train=300, eval_per_task=5))
     assert (tmp_path / "a" / "train.jsonl").read_bytes() != (tmp_path / "c" / "train.jsonl").read_bytes()
@@ -68,7 +68,7 @@ def test_eval_split_labels_correct_and_held_out(tmp_path):
     for task in TASKS:
         rows = [json.loads(x) for x in (tmp_path / "eval_data" / "demo" / "exact" / f"{task.name}.jsonl").read_text().splitlines()]
         assert len(rows) == 20 and all(r["label"] == _solve(r["question"]) for r in rows)
-        if task.name not in ("next", "add"):  # larger question spaces: no eval question is trained on
+        if task.name not in ("next", "previous", "add"):  # larger question spaces: no eval question is trained on
             assert not {r["question"] for r in rows} & train_questions
 
 
