@@ -7,7 +7,7 @@
 - **SFT, expert only**: only the expert conversations, weight 1.0, run for as many optimizer steps
   as the others (more epochs over less data).
 
-Each model (tiny-mistral, the demo's) is trained with the project's trainer (DeepSpeed, CPU) and
+Each model (small-mistral, the demo's) is trained with the project's trainer (DeepSpeed, CPU) and
 scored by exact match on the held-out questions under the expert condition (greedy, transformers).
 The prompts are identical for the three models. Results: bench/RESULTS.md, "C-RLFT vs SFT".
 """
@@ -69,7 +69,7 @@ def train_and_score(work: Path, variant: str, convs: list[dict], epochs: int, se
     report = pretokenize_file(folder / "train.jsonl", folder / "tokens.parquet", spec, tokenizer_fingerprint="bench")
     cfg = TrainerConfig(data=str(folder / "tokens.parquet"), out_dir=str(folder / "train"),
                         train=TrainConfig(epochs=epochs, batch_max_len=batch_max_len, lr=lr, zero_stage=0, seed=seed, save_every=epochs),
-                        model=ModelConfig(base="preset:tiny-mistral"))
+                        model=ModelConfig(base="preset:small-mistral"))
     started = time.time()
     run_training(cfg, on_line=lambda line: None)
     steps = sum(1 for _ in open(folder / "train" / "train_log.jsonl"))
@@ -82,9 +82,9 @@ def train_and_score(work: Path, variant: str, convs: list[dict], epochs: int, se
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=8, help="epochs of the full-data variants (expert-only gets the same steps)")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs of the full-data variants (expert-only gets the same steps)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--batch-max-len", type=int, default=1024)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -113,7 +113,7 @@ def main() -> None:
                f"**{(crlft - expert) * 100:+.1f} points** (goal ≥ 0).")
     body = (f"`python bench/crlft.py --epochs {args.epochs} --seeds {' '.join(map(str, args.seeds))}` — demo data (bench: "
             f"{info['expert']} expert + {info['noisy']} noisy conversations; the noisy source answers right {DemoSizes().noisy_correct_rate:.0%} "
-            f"of the time and otherwise makes the task's typical mistake), tiny-mistral, lr {args.lr}, batch_max_len {args.batch_max_len}, "
+            f"of the time and otherwise makes the task's typical mistake), small-mistral, lr {args.lr}, batch_max_len {args.batch_max_len}, "
             f"equal optimizer steps. Scored by exact match on {info['eval_questions']} held-out questions under the expert condition "
             f"(\"{EXPERT_CONDITION}\"), greedy.\n\n" + "\n".join(rows) + "\n\n" + verdict)
     print(body)

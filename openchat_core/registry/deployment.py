@@ -37,13 +37,10 @@ def ensure_admin_key(state_dir: Path) -> str:
 
 def live_model(url: str, admin_key: str) -> dict[str, Any] | None:
     """What the server at `url` serves now (None when nothing answers, or it is not ours to ask)."""
-    import httpx
+    from openchat_core.serving.deploy import admin_status
 
-    try:
-        response = httpx.get(f"{url.rstrip('/')}/admin/status", headers={"Authorization": f"Bearer {admin_key}"}, timeout=5)
-    except httpx.HTTPError:
-        return None
-    return response.json().get("model") if response.status_code == 200 else None
+    status = admin_status(url, admin_key, timeout=5)
+    return status.get("model") if status else None
 
 
 def deploy_registered(tracking_uri: str, model_name: str, *, alias: str = "champion", url: str, state_dir: Path,

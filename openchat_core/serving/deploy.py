@@ -111,6 +111,15 @@ def _error_text(response: httpx.Response) -> str:
         return response.text[:500]
 
 
+def admin_status(url: str, admin_key: str | None, timeout: float = 10.0) -> dict | None:
+    """`GET /admin/status` (pid, live model, draining models), or None when nothing answers or the key is refused."""
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/admin/status", headers=_headers(admin_key), timeout=timeout)
+    except httpx.HTTPError:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
 def is_alive(url: str, timeout: float = 2.0) -> bool:
     try:
         return httpx.get(f"{url}/health", timeout=timeout).status_code == 200
@@ -244,7 +253,7 @@ def deploy_model(url: str, admin_key: str | None, model_dir: Path | str, *, serv
         if response.status_code != 200:
             raise DeployError(f"the server refused the switch ({response.status_code}): {_error_text(response)}")
         live = response.json()["model"]
-        pid = httpx.get(f"{url}/admin/status", headers=_headers(admin_key), timeout=10).json().get("pid")
+        pid = (admin_status(url, admin_key) or {}).get("pid")
         process, started, log = None, False, None
     elif start_if_down:
         process, log, engine = _start_server(

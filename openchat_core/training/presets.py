@@ -31,6 +31,13 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
                               num_key_value_heads=2, max_position_embeddings=8192, tie_word_embeddings=True),
         ),
         ModelPreset(
+            name="small-mistral", tokenizer="mistral", model_type="openchat_3.5",
+            description="2-layer Llama (hidden 256) on the Mistral-7B + <|end_of_turn|> tokenizer, random weights: the demo's "
+                        "model, the smallest that learns the demo tasks in CPU minutes",
+            architecture=dict(hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, max_position_embeddings=8192, tie_word_embeddings=True),
+        ),
+        ModelPreset(
             name="tiny-llama3", tokenizer="llama3", model_type="openchat_3.6",
             description="2-layer Llama (hidden 128, head size 32: vLLM's CPU attention needs >= 32) on the Llama 3 tokenizer, random weights",
             architecture=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,

@@ -86,7 +86,8 @@ class Trainer:
         t = self.cfg.train
         self.dataset = TokenDataset(self.cfg.data, max_len=t.batch_max_len, overlong=t.overlong)
         self.model_type = get_model_type(self.dataset.model_type)
-        self.sampler = MultipackSampler(self.dataset.lengths, self.dataset.num_seqs, t.batch_max_len, num_ranks=self.world, seed=t.seed)
+        self.sampler = MultipackSampler(self.dataset.lengths, self.dataset.num_seqs, t.batch_max_len, num_ranks=self.world, seed=t.seed,
+                                        drop_last=t.drop_last)
         self.plans = [self.sampler.plan(epoch) for epoch in range(t.epochs)]  # fixed up front: exact total steps, resumable order
         self.total_steps = sum(p.num_steps for p in self.plans)
         self.eval_dataset = TokenDataset(self.cfg.eval_data) if self.cfg.eval_data else None
@@ -207,7 +208,8 @@ class Trainer:
                 record = {f"train/{k}": v for k, v in metrics.items()} | {"train/tokens_per_s": tokens_per_s}
                 self.tracker.log_metrics(record, step=self.global_step)
                 self._append_log({"step": self.global_step, "epoch": epoch, "batch": batch_digest(batches[step_in_epoch]), **record})
-                progress.set_postfix(epoch=epoch, loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+                progress.set_postfix(epoch=epoch, loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{tokens_per_s:,.0f}",
+                                     refresh=False)  # redrawn by update() at most once per mininterval: one log line per second
                 progress.update()
                 every = self.cfg.checkpoint_every_steps
                 if every and self.global_step % every == 0 and step_in_epoch + 1 < plan.num_steps:

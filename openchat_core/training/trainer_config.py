@@ -30,5 +30,5 @@ class TrainerConfig(BaseModel):
         """What fixes the data order and schedule: resuming with a different value would not continue the same run."""
         t = self.train
         key = json.dumps({"data": Path(self.data).name, "epochs": t.epochs, "batch_max_len": t.batch_max_len, "seed": t.seed,
-                          "num_procs": t.num_procs, "overlong": t.overlong}, sort_keys=True)
+                          "num_procs": t.num_procs, "overlong": t.overlong, "drop_last": t.drop_last}, sort_keys=True)
         return hashlib.sha256(key.encode()).hexdigest()[:16]

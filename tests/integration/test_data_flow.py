@@ -7,22 +7,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
+
+from tests.integration.conftest import write_config
 
 pytestmark = pytest.mark.integration
 
 
 def _config(tmp_path, demo_data_dir):
-    cfg = {
-        "name": "datatest",
-        "storage": {"root": str(tmp_path / "store")},
-        "data": {"train": [str(demo_data_dir / "train.jsonl")], "eval": [str(demo_data_dir / "eval.jsonl")], "max_rejected_fraction": 0.05},
-        "weights": {"condition_weights": {"GPT4 Correct": 1.0, "GPT3": 0.1}},
-        "tokenize": {"model_type": "openchat_3.5", "tokenizer": "preset:mistral"},
-    }
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_config(tmp_path, demo_data_dir, "datatest", data={"max_rejected_fraction": 0.05})
 
 
 def test_data_flow_builds_all_stages_then_hits_caches(prefect_harness, tmp_path, demo_data_dir):

