@@ -61,13 +61,18 @@ def variant_conversations(train_file: Path, variant: str) -> list[dict]:
     return out
 
 
-def train_and_score(work: Path, variant: str, convs: list[dict], epochs: int, seed: int, spec: TemplateSpec, eval_root: Path,
-                    lr: float, batch_max_len: int) -> dict:
-    folder = work / f"{variant.replace(', ', '-').replace(' ', '_')}-seed{seed}"
+def pretokenize_variant(work: Path, variant: str, convs: list[dict], spec: TemplateSpec) -> tuple[Path, int]:
+    folder = work / variant.replace(", ", "-").replace(" ", "_")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "train.jsonl").write_text("".join(json.dumps(c) + "\n" for c in convs))
     report = pretokenize_file(folder / "train.jsonl", folder / "tokens.parquet", spec, tokenizer_fingerprint="bench")
-    cfg = TrainerConfig(data=str(folder / "tokens.parquet"), out_dir=str(folder / "train"),
+    return folder, report.counts.tokens
+
+
+def train_and_score(folder: Path, tokens: int, variant: str, convs: list[dict], epochs: int, seed: int, eval_root: Path,
+                    lr: float, batch_max_len: int) -> dict:
+    folder = folder / f"seed{seed}"
+    cfg = TrainerConfig(data=str(folder.parent / "tokens.parquet"), out_dir=str(folder / "train"),
                         train=TrainConfig(epochs=epochs, batch_max_len=batch_max_len, lr=lr, zero_stage=0, seed=seed, save_every=epochs),
                         model=ModelConfig(base="preset:small-mistral"))
     started = time.time()
@@ -77,7 +82,7 @@ def train_and_score(work: Path, variant: str, convs: list[dict], epochs: int, se
     result = run_generation_eval(checkpoint, eval_root, ["demo"], out_dir=folder / "eval", condition=EXPERT_CONDITION,
                                  engine="transformers", max_new_tokens=8)
     return {"accuracy": result.summary.overall.accuracy, "tasks": {k: v.accuracy for k, v in result.summary.tasks.items()},
-            "steps": steps, "tokens": report.counts.tokens, "conversations": len(convs), "epochs": epochs, "train_s": time.time() - started}
+            "steps": steps, "tokens": tokens, "conversations": len(convs), "epochs": epochs, "train_s": time.time() - started}
 
 
 def main() -> None:
@@ -93,28 +98,35 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         info = generate_demo_data(work / "demo", sizes=DemoSizes())
+        sets = {v: variant_conversations(work / "demo" / "train.jsonl", v) for v in VARIANTS}
+        tokenized = {v: pretokenize_variant(work, v, sets[v], spec) for v in VARIANTS}
+        # equal budget = (about) the same number of training tokens, hence optimizer steps, for every variant
+        budget = args.epochs * tokenized["C-RLFT"][1]
+        epochs = {v: max(1, round(budget / tokenized[v][1])) for v in VARIANTS}
         for seed in args.seeds:
-            sets = {v: variant_conversations(work / "demo" / "train.jsonl", v) for v in VARIANTS}
             for variant in VARIANTS:
-                epochs = args.epochs if variant != "SFT, expert only" else round(args.epochs * len(sets["C-RLFT"]) / len(sets[variant]))
-                r = train_and_score(work, variant, sets[variant], epochs, seed, spec, work / "demo" / "eval_data", args.lr, args.batch_max_len)
+                folder, tokens = tokenized[variant]
+                r = train_and_score(folder, tokens, variant, sets[variant], epochs[variant], seed, work / "demo" / "eval_data", args.lr,
+                                    args.batch_max_len)
                 results[variant].append(r)
                 print(f"seed {seed} {variant}: accuracy {r['accuracy']:.3f} ({r['steps']} steps, {r['train_s']:.0f} s) {r['tasks']}", flush=True)
     tasks = sorted(results["C-RLFT"][0]["tasks"])
-    rows = ["| variant | conversations | epochs | steps | exact match (mean over seeds) | " + " | ".join(tasks) + " |",
+    short = [t.rsplit("/", 1)[-1] for t in tasks]
+    rows = ["| variant | conversations | epochs | steps | exact match, mean (per seed) | " + " | ".join(short) + " |",
             "|---" * (5 + len(tasks)) + "|"]
     for variant in VARIANTS:
         rs = results[variant]
         mean = statistics.mean(r["accuracy"] for r in rs)
+        per_seed = ", ".join(f"{r['accuracy']:.3f}" for r in rs)
         per_task = " | ".join(f"{statistics.mean(r['tasks'][t] for r in rs):.2f}" for t in tasks)
-        rows.append(f"| {variant} | {rs[0]['conversations']} | {rs[0]['epochs']} | {rs[0]['steps']} | **{mean:.3f}** | {per_task} |")
+        rows.append(f"| {variant} | {rs[0]['conversations']} | {rs[0]['epochs']} | {rs[0]['steps']} | **{mean:.3f}** ({per_seed}) | {per_task} |")
     crlft, sft, expert = (statistics.mean(r["accuracy"] for r in results[v]) for v in VARIANTS)
     verdict = (f"C-RLFT − plain SFT = **{(crlft - sft) * 100:+.1f} points** (goal ≥ +10); C-RLFT − expert-only = "
                f"**{(crlft - expert) * 100:+.1f} points** (goal ≥ 0).")
     body = (f"`python bench/crlft.py --epochs {args.epochs} --seeds {' '.join(map(str, args.seeds))}` — demo data (bench: "
             f"{info['expert']} expert + {info['noisy']} noisy conversations; the noisy source answers right {DemoSizes().noisy_correct_rate:.0%} "
             f"of the time and otherwise makes the task's typical mistake), small-mistral, lr {args.lr}, batch_max_len {args.batch_max_len}, "
-            f"equal optimizer steps. Scored by exact match on {info['eval_questions']} held-out questions under the expert condition "
+            f"equal budget (epochs chosen so every variant trains on about the same number of tokens). Scored by exact match on {info['eval_questions']} held-out questions under the expert condition "
             f"(\"{EXPERT_CONDITION}\"), greedy.\n\n" + "\n".join(rows) + "\n\n" + verdict)
     print(body)
     write_section("C-RLFT vs SFT", body)

@@ -51,6 +51,7 @@ def run_services(storage_root: Path, prefect_port: int, mlflow_port: int, deploy
         log = open(logs / f"{name}.log", "ab")
         procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # SIGTERM too runs the cleanup below (services have own sessions)
     try:
         start("prefect-server", [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)])
         start("mlflow-server", [_bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
@@ -70,7 +71,7 @@ def run_services(storage_root: Path, prefect_port: int, mlflow_port: int, deploy
             time.sleep(1.0)
         dead = [p.args[1] if len(p.args) > 1 else p.args[0] for p in procs if p.poll() is not None]
         typer.echo(f"a service exited ({dead}); see {logs}", err=True)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         for p in procs:
