@@ -95,3 +95,24 @@ def test_champion_uri_loads_in_transformers_and_as_pyfunc(registry, checkpoints)
     assert len(replies) == 1 and isinstance(replies[0], str)
     with pytest.raises(FileNotFoundError, match="neither a checkpoint folder"):
         resolve_model_dir("/nope", None)
+
+
+def test_registry_commands_for_people(registry, checkpoints):
+    from typer.testing import CliRunner
+
+    from openchat_core.cli import build_app
+
+    v1, v2 = _register(registry, checkpoints[0], 0.5), _register(registry, checkpoints[1], 0.4)
+    promote_candidate(registry, v1, "gen/accuracy", "maximize", 0.0, "k1")
+    app, runner, uri = build_app(), CliRunner(), ["--mlflow-uri", registry.tracking_uri]
+
+    refused = runner.invoke(app, ["promote", "demo-model", "2", *uri])
+    assert refused.exit_code == 0 and "challenger" in refused.output and registry.by_alias("champion").version == "1"
+    forced = runner.invoke(app, ["promote", "demo-model", "2", "--force", "--reason", "board approved", *uri])
+    assert forced.exit_code == 0 and registry.by_alias("champion").version == "2"
+    listing = runner.invoke(app, ["models", "demo-model", *uri])
+    assert listing.exit_code == 0 and "champion" in listing.output and "manual v2: board approved" in listing.output
+    back = runner.invoke(app, ["rollback", "demo-model", "--reason", "bad answers", *uri])
+    assert back.exit_code == 0 and "champion v2 -> v1" in back.output and registry.by_alias("champion").version == "1"
+    missing = runner.invoke(app, ["models", "no-such-model", *uri])
+    assert missing.exit_code == 1 and "no registered model" in missing.output
