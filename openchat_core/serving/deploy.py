@@ -153,18 +153,23 @@ def wait_ready(url: str, api_key: str | None, timeout_s: float, process: subproc
     raise DeployError(f"{url} was not ready after {timeout_s:g} s (last: {last})")
 
 
+def _post_or_raise(url: str, key: str | None, body: dict, timeout_s: float, what: str) -> dict:
+    """POST JSON and return the response JSON; any transport error or non-200 answer becomes a `DeployError` naming `what`."""
+    try:
+        response = httpx.post(url, headers=_headers(key), json=body, timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise DeployError(f"{what} request failed: {type(exc).__name__}: {exc}") from exc
+    if response.status_code != 200:
+        raise DeployError(f"{what} answered {response.status_code}: {_error_text(response)}")
+    return response.json()
+
+
 def smoke_completion(url: str, api_key: str | None, model: str, prompt: str = "Hello", max_tokens: int = 4,
                      timeout_s: float = 120) -> dict:
     """One greedy chat completion through the public API; returns the response JSON."""
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
             "temperature": 0}
-    try:
-        response = httpx.post(f"{url}/v1/chat/completions", headers=_headers(api_key), json=body, timeout=timeout_s)
-    except httpx.HTTPError as exc:
-        raise DeployError(f"smoke completion failed: {type(exc).__name__}: {exc}") from exc
-    if response.status_code != 200:
-        raise DeployError(f"smoke completion answered {response.status_code}: {_error_text(response)}")
-    data = response.json()
+    data = _post_or_raise(f"{url}/v1/chat/completions", api_key, body, timeout_s, "smoke completion")
     if data["usage"]["completion_tokens"] < 1 or data["choices"][0]["finish_reason"] not in ("stop", "length"):
         raise DeployError(f"smoke completion produced no finished output: {data}")
     return data
@@ -246,13 +251,7 @@ def deploy_model(url: str, admin_key: str | None, model_dir: Path | str, *, serv
             raise DeployError(f"a server is already running at {url}; switching it needs its admin key")
         body = {"model": str(model_path), "served_name": served_name, "registry_version": registry_version,
                 "model_type": model_type}
-        try:
-            response = httpx.post(f"{url}/admin/load", headers=_headers(admin_key), json=body, timeout=ready_timeout_s)
-        except httpx.HTTPError as exc:
-            raise DeployError(f"model switch request failed: {type(exc).__name__}: {exc}") from exc
-        if response.status_code != 200:
-            raise DeployError(f"the server refused the switch ({response.status_code}): {_error_text(response)}")
-        live = response.json()["model"]
+        live = _post_or_raise(f"{url}/admin/load", admin_key, body, ready_timeout_s, "model switch")["model"]
         pid = (admin_status(url, admin_key) or {}).get("pid")
         process, started, log = None, False, None
     elif start_if_down:
