@@ -13,7 +13,9 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from openchat_core.templates.tokenizers import cache_root
@@ -97,17 +99,33 @@ def run_training(cfg: TrainerConfig, on_line: Callable[[str], None] = print, tai
     config_path.write_text(cfg.model_dump_json(indent=2))
     cmd = build_command(config_path, cfg.train.num_procs, cfg.train.hostfile)
     on_line(f"[openchat.train] launching: {' '.join(cmd)}")
-    proc = subprocess.Popen(cmd, env=launch_env(cfg.train.num_procs), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1, start_new_session=True)
+    code, tail = run_process_group(cmd, launch_env(cfg.train.num_procs), on_line, tail_lines)
+    if code != 0:
+        cause = root_cause(tail)
+        cause_type = cause.split(":", 1)[0].rsplit(".", 1)[-1] if ":" in cause else None
+        raise TrainingFailed(f"training exited with code {code}: {cause}\n--- last lines ---\n" + "\n".join(tail), cause_type)
+    return out
+
+
+def run_process_group(cmd: list[str], env: dict[str, str], on_line: Callable[[str], None], tail_lines: int = 40) -> tuple[int, list[str]]:
+    """Run `cmd` in a new process group, streaming its output; returns (exit code, last lines).
+
+    If the caller is interrupted (Ctrl-C, a Prefect cancellation, or SIGTERM, e.g. `kill` or a
+    scheduler stopping the job) the whole group is stopped before the exception propagates, so no
+    rank is left running on its own holding GPUs and ports.
+    """
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            start_new_session=True)
     tail: list[str] = []
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            if line:
-                on_line(line)
-                tail = (tail + [line])[-tail_lines:]
-        code = proc.wait()
+        with _sigterm_raises_system_exit():
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip()
+                if line:
+                    on_line(line)
+                    tail = (tail + [line])[-tail_lines:]
+            return proc.wait(), tail
     except BaseException:  # interrupted or cancelled: stop every rank, not just the launcher
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -115,11 +133,27 @@ def run_training(cfg: TrainerConfig, on_line: Callable[[str], None] = print, tai
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         raise
-    if code != 0:
-        cause = root_cause(tail)
-        cause_type = cause.split(":", 1)[0].rsplit(".", 1)[-1] if ":" in cause else None
-        raise TrainingFailed(f"training exited with code {code}: {cause}\n--- last lines ---\n" + "\n".join(tail), cause_type)
-    return out
+
+
+@contextmanager
+def _sigterm_raises_system_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit while the group runs, so the cleanup above runs instead of an abrupt exit.
+
+    Only where Python's default action is in place and on the main thread (the only place a handler
+    can be set): a host that handles SIGTERM itself, as Prefect's engine does, keeps its handler.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def root_cause(lines: list[str]) -> str:
