@@ -14,8 +14,10 @@ import pytest
 GROUP = ("import subprocess, sys, time; rank = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
          "print('rank', rank.pid, flush=True); time.sleep(300)")
 
+# The driver restores Python's Ctrl-C handler: a job started in the background by a shell inherits SIGINT ignored.
 DRIVER = f"""
-import os, sys
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from openchat_core.training.launcher import run_process_group
 run_process_group([sys.executable, "-c", {GROUP!r}], dict(os.environ), lambda line: print(line, flush=True))
 """
