@@ -28,20 +28,16 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-import functools
-from typing import Annotated, Any, Literal
-
-from typing_extensions import NotRequired, TypedDict  # pydantic needs typing_extensions.TypedDict on Python < 3.12
+from typing import Any
 
 import numpy as np
 import orjson
 import pyarrow as pa
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 import pyarrow.parquet as pq
 
 from openchat_core import __version__
 from openchat_core.data.conversations_io import iter_conversation_batches
-from openchat_core.data.rules import Rejection, parse_line
+from openchat_core.data.rules import FastPath, Rejection, parse_line
 from openchat_core.data.validate import iter_raw_lines, open_input
 from openchat_core.digest import file_digest
 from openchat_core.templates.conversation import ConversationTemplate, MissingWeightError, TemplateSpec
@@ -176,17 +172,14 @@ def _conversations_of(chunk: _Chunk) -> tuple[list[dict[str, Any]], list[str]]:
         rows = chunk.parquet_rows.to_pylist()
         return rows, [f"{r['source']}:{r['line']}" for r in rows]
     convs, where = [], []
-    fast = _fast_conversation_adapter()
+    fast = FastPath()
     for offset, raw in enumerate(chunk.jsonl_lines or ()):
         line_no = chunk.first_line + offset
         if not raw.strip():
             continue
-        try:
-            conv = fast.validate_json(raw)
-        except ValidationError:
-            conv = None
-        if conv is not None and any(m["role"] == "assistant" for m in conv["items"]):
-            convs.append(conv)
+        conv = fast.parse(raw)  # the common valid line, checked in pydantic-core; refusals get the exact error below
+        if conv is not None:
+            convs.append(conv.model_dump())
             where.append(f"{chunk.source}:{line_no}")
             continue
         result = parse_line(raw)
@@ -197,27 +190,6 @@ def _conversations_of(chunk: _Chunk) -> tuple[list[dict[str, Any]], list[str]]:
         convs.append({"items": result.items, "condition": result.condition, "system": result.system})
         where.append(f"{chunk.source}:{line_no}")
     return convs, where
-
-
-class _FastMessage(TypedDict):
-    __pydantic_config__ = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")  # type: ignore[misc]
-    role: Literal["user", "assistant"]
-    content: str
-    weight: NotRequired[Annotated[float, Field(ge=0)] | None]
-
-
-class _FastConversation(TypedDict):
-    __pydantic_config__ = ConfigDict(strict=True, extra="allow")  # type: ignore[misc]
-    items: Annotated[list[_FastMessage], Field(min_length=1)]
-    condition: NotRequired[str]
-    system: NotRequired[str]
-
-
-@functools.cache
-def _fast_conversation_adapter() -> TypeAdapter:
-    """Strict JSON -> dict validation in pydantic-core for the common valid line (the rules' fast path, as dicts);
-    anything it refuses goes through `parse_line` for the exact error. Cached: building the validator is costly."""
-    return TypeAdapter(_FastConversation)
 
 
 def process_chunk(template: ConversationTemplate, chunk: _Chunk, per_sequence_loss: bool) -> tuple[pa.RecordBatch, BatchStats, np.ndarray]:
