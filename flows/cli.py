@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from openchat_core.cli.output import fail, table
+
+if TYPE_CHECKING:
+    from openchat_core.config import PipelineConfig
 
 STAGES = ("pipeline", "data", "train", "evaluate")
 
@@ -28,11 +31,14 @@ def register(app: typer.Typer) -> None:
     app.command("up")(up)
 
 
-def prepare_prefect_home(storage_root: str) -> None:
-    """Embedded Prefect by default, its SQLite database under the storage root; a real server if PREFECT_API_URL is set."""
+def prepare_prefect_home(cfg: PipelineConfig) -> None:
+    """Embedded Prefect by default, its SQLite database under a local storage root; a real server if PREFECT_API_URL is set."""
+    from flows.data import layout_for
+
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if "PREFECT_API_URL" not in os.environ and "://" not in storage_root:
-        home = Path(storage_root).resolve() / "prefect"
+    layout = layout_for(cfg)
+    if "PREFECT_API_URL" not in os.environ and not layout.remote:
+        home = Path(layout.root) / "prefect"
         home.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("PREFECT_HOME", str(home))
 
@@ -60,7 +66,7 @@ def run(
     if only not in STAGES:
         raise fail(f"--only must be one of {', '.join(STAGES)}")
     cfg = _load(config, overrides)
-    prepare_prefect_home(str(cfg.path(cfg.storage.root)) if "://" not in cfg.storage.root else cfg.storage.root)
+    prepare_prefect_home(cfg)
     if only == "data":
         data(config, overrides)
         return
@@ -88,7 +94,7 @@ def data(
 ) -> None:
     """Run the data stage flow (validate -> assign weights -> pretokenize) for the config's train and eval data."""
     cfg = _load(config, overrides)
-    prepare_prefect_home(str(cfg.path(cfg.storage.root)))
+    prepare_prefect_home(cfg)
     from flows.data import data_flow
 
     out = data_flow(config, overrides or [])

@@ -47,8 +47,7 @@ def run_demo(config: str, overrides: list[str], question: str) -> None:
     started = time.time()
     cfg = load_config(config, overrides)
     ensure_demo_data(cfg.path(cfg.data.train[0]))
-    root = cfg.path(cfg.storage.root)
-    prepare_prefect_home(str(root))
+    prepare_prefect_home(cfg)
     typer.echo("[demo] running the pipeline: validate -> weights -> pretokenize -> train -> evaluate -> register -> serve")
     summary = pipeline_flow(config, overrides, deploy=True)
     answer = None
