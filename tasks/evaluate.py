@@ -148,7 +148,7 @@ def register_best_task(cfg: PipelineConfig, evals: list[EpochEval], key: str, tr
     tags = {"openchat.epoch": best.epoch, "openchat.primary_metric": cfg.eval.primary_metric, "openchat.data_digest": data_digest,
             "openchat.model_type": model_type, "openchat.git_revision": git_revision(), "openchat.selection": selection.reason,
             "openchat.pipeline_run_id": pipeline_run_id or "-", "openchat.train_run_id": train_run_id or "-",
-            **{k: v for k, v in prefect_tags().items()}, **metric_tags(best.metrics, key)}
+            **prefect_tags(), **metric_tags(best.metrics, key)}
     weights_digest = file_digest(Path(best.checkpoint) / "model.safetensors")
     version = registry.find_by_tag(WEIGHTS_TAG, weights_digest)
     if version is not None:  # an unchanged re-run: the same weights are already registered

@@ -55,29 +55,34 @@ class ModelRegistry:
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     # -- reading ------------------------------------------------------------------------------------
-    def _info(self, mv: Any) -> VersionInfo:
-        aliases = tuple(a for a in (CHAMPION, CHALLENGER) if self._alias_version(a) == str(mv.version))
-        return VersionInfo(self.name, str(mv.version), dict(mv.tags or {}), aliases, mv.run_id, mv.source)
+    def _aliases(self) -> dict[str, str]:
+        """alias -> version for this model, in one registry call (empty when the model does not exist yet)."""
+        try:
+            return {alias: str(v) for alias, v in (self.client.get_registered_model(self.name).aliases or {}).items()}
+        except Exception:  # noqa: BLE001 - MLflow raises a generic RestException for a missing model
+            return {}
+
+    def _info(self, mv: Any, aliases: dict[str, str]) -> VersionInfo:
+        held = tuple(a for a in (CHAMPION, CHALLENGER) if aliases.get(a) == str(mv.version))
+        return VersionInfo(self.name, str(mv.version), dict(mv.tags or {}), held, mv.run_id, mv.source)
 
     def _alias_version(self, alias: str) -> str | None:
-        try:
-            return str(self.client.get_model_version_by_alias(self.name, alias).version)
-        except Exception:  # noqa: BLE001 - MLflow raises a generic RestException for a missing alias/model
-            return None
+        return self._aliases().get(alias)
 
     def by_alias(self, alias: str) -> VersionInfo | None:
-        version = self._alias_version(alias)
-        return self.version(version) if version else None
+        aliases = self._aliases()
+        return self._info(self.client.get_model_version(self.name, aliases[alias]), aliases) if alias in aliases else None
 
     def version(self, version: str | int) -> VersionInfo:
         try:
-            return self._info(self.client.get_model_version(self.name, str(version)))
+            return self._info(self.client.get_model_version(self.name, str(version)), self._aliases())
         except Exception as e:  # noqa: BLE001
             raise RegistryError(f"registered model {self.name!r} has no version {version}") from e
 
     def versions(self) -> list[VersionInfo]:
         found = self.client.search_model_versions(f"name = '{self.name}'")
-        return sorted((self._info(mv) for mv in found), key=lambda v: int(v.version))
+        aliases = self._aliases()
+        return sorted((self._info(mv, aliases) for mv in found), key=lambda v: int(v.version))
 
     def find_by_tag(self, key: str, value: str) -> VersionInfo | None:
         """The newest version whose tag `key` equals `value` (e.g. the same weights digest)."""
@@ -85,7 +90,7 @@ class ModelRegistry:
             found = self.client.search_model_versions(f"name = '{self.name}' and tag.`{key}` = '{value}'")
         except Exception:  # noqa: BLE001 - no such registered model yet
             return None
-        return self._info(max(found, key=lambda mv: int(mv.version))) if found else None
+        return self._info(max(found, key=lambda mv: int(mv.version)), self._aliases()) if found else None
 
     def registered_tags(self) -> dict[str, str]:
         try:
@@ -160,8 +165,6 @@ class ModelRegistry:
     def download(self, info: VersionInfo) -> Path:
         """The version's checkpoint folder, downloaded once into the local cache (loads in transformers and vLLM)."""
         import mlflow.artifacts
-
-        from openchat_core.registry.pyfunc import CHECKPOINT_ARTIFACT
 
         from openchat_core.digest import text_digest
 
