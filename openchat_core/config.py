@@ -146,9 +146,9 @@ class ServeConfig(Section):
         return f"http://{self.host}:{self.port}"
 
     def api_keys(self) -> list[str]:
-        import os
+        from openchat_core.serving.settings import keys_from_env
 
-        return [k for k in os.environ.get(self.api_keys_env, "").split(",") if k] if self.api_keys_env else []
+        return keys_from_env(self.api_keys_env) if self.api_keys_env else []
 
 
 class PipelineConfig(Section):

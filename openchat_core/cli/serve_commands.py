@@ -35,18 +35,20 @@ def serve(
     Example: openchat serve --model models:/openchat-demo@champion --port 18888
     """
     from openchat_core.registry.store import RegistryError, resolve_model_dir
-    from openchat_core.serving.deploy import resolve_engine, serve_python
+    from openchat_core.serve_env import checkout_env, find_serve_python
+    from openchat_core.serving.deploy import DeployError, resolve_engine, serve_python
 
     try:
         model_dir = resolve_model_dir(model, _uri(mlflow_uri) if model.startswith("models:/") else None)
-    except (FileNotFoundError, RegistryError) as e:
+        python = find_serve_python()  # None: no serving env, so only the transformers engine (this env) can serve
+        if python is None and engine == "vllm":
+            serve_python()  # raises, saying how to create the serving env
+    except (FileNotFoundError, RegistryError, DeployError) as e:
         raise fail(str(e)) from None
-    python = serve_python()
-    chosen = resolve_engine(engine, python) if python.exists() else "transformers"
+    chosen = resolve_engine(engine, python) if python else "transformers"
     args = ["--model", str(model_dir), "--engine", chosen, "--host", host, "--port", str(port), *ctx.args]
     if chosen == "vllm":  # vLLM lives in the serving environment: become that process
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))}
-        os.execve(str(python), [str(python), "-m", "openchat_core.serving", *args], env)
+        os.execve(str(python), [str(python), "-m", "openchat_core.serving", *args], checkout_env())
     from openchat_core.serving.__main__ import main as serve_main
 
     sys.exit(serve_main(args))
@@ -68,7 +70,9 @@ def deploy(
     from openchat_core.registry.store import RegistryError
     from openchat_core.serving.deploy import DeployError
 
-    keys = [k for k in os.environ.get("OPENCHAT_API_KEYS", "").split(",") if k]
+    from openchat_core.serving.settings import keys_from_env
+
+    keys = keys_from_env()
     try:
         record = deploy_registered(_uri(mlflow_uri), name, alias=alias, url=url, state_dir=state_dir.resolve(), engine=engine, api_keys=keys)
     except (DeployError, RegistryError) as e:

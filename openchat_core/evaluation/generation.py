@@ -18,20 +18,20 @@ offline engine in the serving environment, through a subprocess worker, `vllm_ge
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from openchat_core.serve_env import SERVE_PYTHON_ENV, find_serve_python  # noqa: F401 - part of this module's interface
+from openchat_core.serve_env import repo_root as package_root  # noqa: F401
+from openchat_core.training.checkpoint import context_limit  # noqa: F401
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 FinishReason = Literal["stop", "length"]
 EngineKind = Literal["auto", "vllm", "transformers"]
-SERVE_PYTHON_ENV = "OPENCHAT_SERVE_PYTHON"
 
 
 @dataclass(frozen=True)
@@ -90,49 +90,11 @@ def resolve_model_type(model_dir: Path | str, model_type: str | None = None) -> 
     return read_checkpoint(path).model_type
 
 
-def context_limit(model_dir: Path | str, model_type: str) -> int:
-    """Tokens a prompt plus its answer may span: the model type's max context (OpenChat's
-    `model_max_context`), capped by the model's `max_position_embeddings` (vLLM refuses more)."""
-    from openchat_core.templates.model_types import get_model_type
-
-    limit = get_model_type(model_type).max_context
-    try:
-        positions = json.loads((Path(model_dir) / "config.json").read_text()).get("max_position_embeddings")
-    except (OSError, ValueError):
-        return limit
-    return min(limit, positions) if isinstance(positions, int) and positions > 0 else limit
-
-
 def stop_token_ids_for(tokenizer: PreTrainedTokenizerBase, model_type: str) -> list[int]:
     """The model type's EOT ids in this tokenizer: what OpenChat stops on (`conv_template.eot_tokens_`)."""
     from openchat_core.templates.conversation import TemplateSpec
 
     return list(TemplateSpec.from_tokenizer(model_type, tokenizer).eot_ids)
-
-
-def package_root() -> Path:
-    """The folder holding this `openchat_core` (the repository root for a source checkout)."""
-    return Path(__file__).resolve().parents[2]
-
-
-def find_serve_python() -> Path | None:
-    """The serving environment's interpreter (vLLM lives there, not in the pipeline env).
-
-    Looked up in order: `$OPENCHAT_SERVE_PYTHON`; `<repo root>/.venv-serve/bin/python`; a
-    `.venv-serve` next to the running environment (a git worktree sharing the main checkout's envs).
-    """
-    explicit = os.environ.get(SERVE_PYTHON_ENV)
-    if explicit:
-        path = Path(explicit)
-        if not path.is_file():
-            raise FileNotFoundError(f"${SERVE_PYTHON_ENV}={explicit} does not exist; point it at the serving "
-                                    f"environment's python (e.g. .venv-serve/bin/python), or unset it")
-        return path
-    for candidate in (package_root() / ".venv-serve" / "bin" / "python",
-                      Path(sys.prefix).parent / ".venv-serve" / "bin" / "python"):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def make_generator(kind: EngineKind | str, model_dir: Path | str, **options: Any) -> Generator:

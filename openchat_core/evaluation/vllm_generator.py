@@ -11,7 +11,6 @@ once with all prompts.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import tempfile
 import time
@@ -31,6 +30,7 @@ from openchat_core.evaluation.generation import (
     resolve_model_type,
     stop_token_ids_for,
 )
+from openchat_core.serve_env import checkout_env
 
 LOG_TAIL_LINES = 40
 
@@ -92,11 +92,8 @@ class VLLMGenerator:
         return cmd
 
     def _environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(package_root()), env.get("PYTHONPATH", "")) if p)
+        env = checkout_env()
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        env.setdefault("HF_HUB_OFFLINE", "1")
-        env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env.update(self.env)
         return env
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,9 +28,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from openchat_core.serve_env import SERVE_PYTHON_ENV, checkout_env, find_serve_python, repo_root
 from openchat_core.serving.settings import ADMIN_KEY_ENV, API_KEYS_ENV
 
-SERVE_PYTHON_ENV = "OPENCHAT_SERVE_PYTHON"
 
 
 class DeployError(RuntimeError):
@@ -52,16 +51,14 @@ class ServerHandle:
     log_path: Path | None = None
 
 
-def repo_root() -> Path:
-    """The checkout this package was imported from (`<repo>/openchat_core/serving/deploy.py`)."""
-    return Path(__file__).resolve().parents[2]
-
-
 def serve_python() -> Path:
-    configured = os.environ.get(SERVE_PYTHON_ENV)
-    python = Path(configured) if configured else repo_root() / ".venv-serve" / "bin" / "python"
-    if not python.is_file():
-        raise DeployError(f"no serving-env python at {python}; create the serving env (`make setup`) or set "
+    """The serving env's interpreter (see `serve_env.find_serve_python`); `DeployError` saying how to get one if none."""
+    try:
+        python = find_serve_python()
+    except FileNotFoundError as e:
+        raise DeployError(str(e)) from None
+    if python is None:
+        raise DeployError(f"no serving-env python in {repo_root() / '.venv-serve'}; create the serving env (`make setup`) or set "
                           f"{SERVE_PYTHON_ENV} to its python")
     return python
 
@@ -87,10 +84,8 @@ def server_command(python: Path | str, model_dir: Path | str, host: str, port: i
 
 
 def server_env(api_keys: list[str], admin_key: str | None, base: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
-    env["PYTHONPATH"] = os.pathsep.join([str(repo_root()), *filter(None, [env.get("PYTHONPATH")])])
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    """`checkout_env` with exactly the given keys (and no inherited ones) in the key variables."""
+    env = checkout_env(base)
     env.pop(API_KEYS_ENV, None)
     env.pop(ADMIN_KEY_ENV, None)
     if api_keys:
@@ -208,7 +203,8 @@ def stop_server(pid: int, timeout_s: float = 30.0) -> None:
 def _start_server(url: str, model_dir: Path, *, api_keys: list[str], admin_key: str | None, engine: str,
                   served_name: str | None, registry_version: str | None, model_type: str | None,
                   python: Path | None, log_path: Path | None, request_log: Path | None,
-                  extra_args: tuple[str, ...], ready_timeout_s: float) -> tuple[subprocess.Popen, Path, str]:
+                  extra_args: tuple[str, ...]) -> tuple[subprocess.Popen, Path, str]:
+    """Start the server process in its own group; the caller waits for it to be ready (and stops it if it is not)."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     python = python or serve_python()
@@ -221,11 +217,6 @@ def _start_server(url: str, model_dir: Path, *, api_keys: list[str], admin_key: 
     with open(log_path, "ab") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=server_env(api_keys, admin_key), cwd=str(repo_root()), start_new_session=True)
-    try:
-        wait_ready(url, api_keys[0] if api_keys else None, ready_timeout_s, process, log_path)
-    except BaseException:
-        stop_server(process.pid)
-        raise
     return process, log_path, engine
 
 
@@ -259,7 +250,7 @@ def deploy_model(url: str, admin_key: str | None, model_dir: Path | str, *, serv
             url, model_path, api_keys=keys, admin_key=admin_key, engine=engine, served_name=served_name,
             registry_version=registry_version, model_type=model_type, python=Path(python) if python else None,
             log_path=Path(log_path) if log_path else None, request_log=Path(request_log) if request_log else None,
-            extra_args=extra_args, ready_timeout_s=ready_timeout_s)
+            extra_args=extra_args)
         pid, started = process.pid, True
         live = None
     else:
@@ -279,30 +270,3 @@ def deploy_model(url: str, admin_key: str | None, model_dir: Path | str, *, serv
     return ServerHandle(url=url, pid=pid, served_model=served, registry_version=registry_version,
                         model_dir=str(model_path), engine=live["engine"] if live else engine, started=started,
                         log_path=log)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m openchat_core.serving.deploy URL MODEL_DIR [--registry-version V]`, keys from the env vars."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=deploy_model.__doc__)
-    parser.add_argument("url")
-    parser.add_argument("model_dir")
-    parser.add_argument("--served-name")
-    parser.add_argument("--registry-version")
-    parser.add_argument("--engine", default="auto", choices=["auto", "vllm", "transformers"])
-    args = parser.parse_args(argv)
-    keys = [k for k in os.environ.get(API_KEYS_ENV, "").split(",") if k]
-    try:
-        handle = deploy_model(args.url, os.environ.get(ADMIN_KEY_ENV), args.model_dir, served_name=args.served_name,
-                              registry_version=args.registry_version, api_key=keys[0] if keys else None,
-                              api_keys=keys, engine=args.engine)
-    except DeployError as exc:
-        print(f"deploy failed: {exc}", file=sys.stderr)
-        return 1
-    print(handle)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -154,13 +154,10 @@ def resolve_model_type(spec: ModelSpec) -> ModelType:
 
 def context_length(model_dir: Path, model_type: ModelType, cap: int | None) -> int:
     """The model type's max context, bounded by the model's position embeddings and the settings cap."""
-    limit = model_type.max_context
-    positions = _read_json(model_dir / "config.json").get("max_position_embeddings")
-    if isinstance(positions, int) and positions > 0:
-        limit = min(limit, positions)
-    if cap is not None:
-        limit = min(limit, cap)
-    return limit
+    from openchat_core.training.checkpoint import context_limit
+
+    limit = context_limit(model_dir, model_type.name)
+    return limit if cap is None else min(limit, cap)
 
 
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024

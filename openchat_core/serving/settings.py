@@ -23,6 +23,12 @@ API_KEYS_ENV = "OPENCHAT_API_KEYS"
 ADMIN_KEY_ENV = "OPENCHAT_ADMIN_KEY"
 
 EngineKind = Literal["vllm", "transformers"]
+
+
+def keys_from_env(name: str = API_KEYS_ENV, environ: typing.Mapping[str, str] | None = None) -> list[str]:
+    """The comma-separated API keys in env var `name` (blank entries dropped); [] when unset."""
+    raw = (os.environ if environ is None else environ).get(name, "")
+    return [k.strip() for k in raw.split(",") if k.strip()]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 
@@ -162,8 +168,8 @@ def settings_from_args(argv: list[str] | None = None, environ: typing.Mapping[st
     env = os.environ if environ is None else environ
     parser = make_arg_parser()
     values = vars(parser.parse_args(argv))
-    if "api_keys" not in values and env.get(API_KEYS_ENV):
-        values["api_keys"] = [k.strip() for k in env[API_KEYS_ENV].split(",") if k.strip()]
+    if "api_keys" not in values and keys_from_env(API_KEYS_ENV, env):
+        values["api_keys"] = keys_from_env(API_KEYS_ENV, env)
     if "admin_key" not in values and env.get(ADMIN_KEY_ENV):
         values["admin_key"] = env[ADMIN_KEY_ENV]
     try:

@@ -74,6 +74,18 @@ def read_checkpoint(path: Path | str) -> CheckpointInfo:
     return CheckpointInfo(path=p, model_type=meta["model_type"], epoch=meta.get("epoch"), metadata=meta)
 
 
+def context_limit(model_dir: Path | str, model_type: str) -> int:
+    """Tokens a prompt plus its answer may span: the model type's max context (OpenChat's
+    `model_max_context`), capped by the model's `max_position_embeddings` (vLLM refuses more)."""
+    limit = get_model_type(model_type).max_context
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return limit
+    positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    return min(limit, positions) if isinstance(positions, int) and positions > 0 else limit
+
+
 def epoch_checkpoint_dir(root: Path | str, epoch: int) -> Path:
     return Path(root) / f"ep_{epoch}"
 
