@@ -6,6 +6,7 @@ holds a complete folder for that key, the task returns it without doing any work
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -149,7 +150,8 @@ def track_data_task(tracking, data, cfg) -> str:  # noqa: ANN001 - TrackingConte
                 if (folder / report).is_file():
                     tracker.log_artifact(str(folder / report), f"{name}/{stage.stage}")
         quarantine = Path(split.validated.path) / "quarantine.jsonl"
-        sample = quarantine.read_text(encoding="utf-8").splitlines()[:50]
+        with open(quarantine, encoding="utf-8") as lines:  # the quarantine can be large: read only the sample
+            sample = [line.rstrip("\n") for line in itertools.islice(lines, 50)]
         sample_file = Path(split.validated.path) / "quarantine_sample.jsonl"
         if sample and not sample_file.exists():
             sample_file.write_text("\n".join(sample) + "\n", encoding="utf-8")
