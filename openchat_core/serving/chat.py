@@ -43,6 +43,7 @@ from openchat_core.serving.engines.base import (
     EngineRequestError,
     EngineUnavailableError,
     SamplingOptions,
+    shielded_abort,
 )
 from openchat_core.serving.errors import OpenAIError
 from openchat_core.serving.metrics import LOG_STATE_KEY, ServingMetrics
@@ -293,7 +294,7 @@ class ChatService:
                 await _until_disconnect(raw, self._collect(prep, acct))
             except ClientDisconnected:
                 record["error"] = "client disconnected"
-                await _shielded_abort(runtime, prep.request_id)  # the engine may not abort on cancellation alone
+                await shielded_abort(runtime.engine, prep.request_id)  # the engine may not abort on cancellation alone
                 return Response(status_code=499)
             except Exception as exc:
                 error = _engine_error(exc)
@@ -355,7 +356,7 @@ class ChatService:
         finally:
             if not acct.finished:
                 record.setdefault("error", "client disconnected")
-                await _shielded_abort(runtime, prep.request_id)
+                await shielded_abort(runtime.engine, prep.request_id)
             self._account(acct, record)
             lease.release()
         yield "data: [DONE]\n\n"
@@ -380,14 +381,3 @@ def _params_for_log(options: SamplingOptions) -> dict[str, Any]:
 
 def _json_response(model: Any) -> Response:
     return Response(content=model.model_dump_json(), media_type="application/json")
-
-
-async def _shielded_abort(runtime: ModelRuntime, request_id: str) -> None:
-    """Abort even inside a cancelled scope (Starlette cancels the stream task when the client leaves)."""
-    import anyio
-
-    with anyio.CancelScope(shield=True):
-        try:
-            await runtime.engine.abort(request_id)
-        except Exception:
-            logger.debug("abort of %s failed", request_id, exc_info=True)

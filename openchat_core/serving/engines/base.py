@@ -19,6 +19,7 @@ Light module: no torch, no vLLM.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,3 +98,15 @@ class Engine(Protocol):
     def generate(self, request_id: str, prompt_ids: list[int], options: SamplingOptions) -> AsyncIterator[Delta]: ...
 
     async def abort(self, request_id: str) -> None: ...
+
+
+async def shielded_abort(engine: Engine, request_id: str) -> None:
+    """Abort a request even inside a cancelled scope: Starlette cancels a stream's task when the client leaves,
+    and anyio then cancels every await in that scope, the abort included, unless it is shielded."""
+    import anyio
+
+    with anyio.CancelScope(shield=True):
+        try:
+            await engine.abort(request_id)
+        except Exception:  # aborting a finished or unknown request is not an error
+            logging.getLogger("openchat_core.serving").debug("abort of %s failed", request_id, exc_info=True)

@@ -43,6 +43,7 @@ from openchat_core.serving.engines.base import (
     EngineRequestError,
     EngineUnavailableError,
     SamplingOptions,
+    shielded_abort,
 )
 
 logger = logging.getLogger("openchat_core.serving.vllm_engine")
@@ -175,12 +176,4 @@ class VLLMEngine:
             raise EngineError(f"vLLM generation failed: {type(exc).__name__}: {exc}") from exc
         finally:
             if finished < options.n:
-                await _shielded_abort(self, request_id)
-
-
-async def _shielded_abort(engine: VLLMEngine, request_id: str) -> None:
-    """Abort even while the surrounding task is being cancelled (anyio cancels every await in a cancelled scope)."""
-    import anyio
-
-    with anyio.CancelScope(shield=True):
-        await engine.abort(request_id)
+                await shielded_abort(self, request_id)
