@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import typer
 
+from storage.layout import local_mlflow_artifact_root, local_mlflow_tracking_uri
+
 WORK_POOL = "local-process"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,8 +56,8 @@ def run_services(storage_root: Path, prefect_port: int, mlflow_port: int, deploy
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # SIGTERM too runs the cleanup below (services have own sessions)
     try:
         start("prefect-server", [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)])
-        start("mlflow-server", [_bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-                                "--default-artifact-root", (root / "mlartifacts").as_uri(), "--host", "127.0.0.1", "--port", str(mlflow_port)])
+        start("mlflow-server", [_bin("mlflow"), "server", "--backend-store-uri", local_mlflow_tracking_uri(root),
+                                "--default-artifact-root", local_mlflow_artifact_root(root), "--host", "127.0.0.1", "--port", str(mlflow_port)])
         _wait(f"{api}/health", "Prefect server")
         if deploy:
             subprocess.run([_bin("prefect"), "--no-prompt", "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"],

@@ -42,6 +42,16 @@ def is_remote(root: str) -> bool:
     return "://" in root and not root.startswith("file://")
 
 
+def local_mlflow_tracking_uri(root: Path) -> str:
+    """The default MLflow tracking + registry store of a local storage root (the pipeline and `openchat up` share it)."""
+    return f"sqlite:///{root}/mlflow.db"
+
+
+def local_mlflow_artifact_root(root: Path) -> str:
+    """Where MLflow puts artifacts for a local storage root (beside the store, not in the working directory)."""
+    return (root / "mlartifacts").as_uri()
+
+
 @dataclass(frozen=True)
 class StorageLayout:
     """Paths for one pipeline under one storage root. Immutable; cheap to pass to tasks."""
@@ -74,10 +84,10 @@ class StorageLayout:
     def mlflow_tracking_uri(self) -> str:
         if self.remote:
             raise ValueError("a remote storage root has no default MLflow store; set tracking.uri to your MLflow server")
-        return f"sqlite:///{self.root}/mlflow.db"
+        return local_mlflow_tracking_uri(Path(self.root))
 
     def mlflow_artifact_root(self) -> str:
-        return self._join("mlartifacts") if self.remote else Path(self.root, "mlartifacts").as_uri()
+        return self._join("mlartifacts") if self.remote else local_mlflow_artifact_root(Path(self.root))
 
     # -- completion --------------------------------------------------------------------------------
     def is_complete(self, path: str) -> bool:
