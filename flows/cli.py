@@ -36,6 +36,8 @@ def prepare_prefect_home(cfg: PipelineConfig) -> None:
     from flows.data import layout_for
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect waits 20 s for its embedded server; a busy machine (e.g. 2 cores shared by several jobs) needs longer.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     layout = layout_for(cfg)
     if "PREFECT_API_URL" not in os.environ and not layout.remote:
         home = Path(layout.root) / "prefect"
