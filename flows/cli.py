@@ -33,11 +33,12 @@ def register(app: typer.Typer) -> None:
 
 def prepare_prefect_home(cfg: PipelineConfig) -> None:
     """Embedded Prefect by default, its SQLite database under a local storage root; a real server if PREFECT_API_URL is set."""
-    from flows.data import layout_for
-
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Prefect waits 20 s for its embedded server; a busy machine (e.g. 2 cores shared by several jobs) needs longer.
+    # Set before Prefect is first imported (below): its settings are read once, at import.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from flows.data import layout_for
+
     layout = layout_for(cfg)
     if "PREFECT_API_URL" not in os.environ and not layout.remote:
         home = Path(layout.root) / "prefect"
