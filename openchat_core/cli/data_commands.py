@@ -21,23 +21,27 @@ def register(app: typer.Typer) -> None:
 
 
 def validate(
-    inputs: Annotated[list[Path], typer.Argument(help="JSONL or JSONL.gz files of Conversations")],
+    inputs: Annotated[list[Path], typer.Argument(help=".jsonl, .jsonl.gz, .json (array) or .parquet files, or `datasets` save_to_disk folders")],
     out: Annotated[Path, typer.Option("--out", help="output folder: conversations.parquet, quarantine.jsonl, report.json")],
+    format: Annotated[str, typer.Option("--format", help="auto (detected per file), openchat, messages, sharegpt or alpaca")] = "auto",  # noqa: A002
+    condition: Annotated[str | None, typer.Option(help="C-RLFT condition for records that carry none")] = None,
     max_rejected_fraction: Annotated[float | None, typer.Option(help="fail when more than this share of lines is rejected")] = None,
     max_line_bytes: Annotated[int, typer.Option(help="lines longer than this are rejected without being loaded")] = 64 * 1024 * 1024,
 ) -> None:
-    """Validate Conversation JSONL: every line ends up valid, quarantined (with a reason) or counted as blank.
+    """Validate conversations: every record ends up valid, quarantined (with a reason) or counted as blank.
 
     Example: openchat validate data/*.jsonl --out runs/validated --max-rejected-fraction 0.05
     """
     from openchat_core.data.validate import RejectedFractionExceeded, validate_files
 
     try:
-        report = validate_files(inputs, out, max_rejected_fraction=max_rejected_fraction, max_line_bytes=max_line_bytes)
-    except RejectedFractionExceeded as e:
+        report = validate_files(inputs, out, format=format, condition=condition, max_rejected_fraction=max_rejected_fraction,
+                                max_line_bytes=max_line_bytes)
+    except (RejectedFractionExceeded, FileNotFoundError, ValueError) as e:
         raise fail(str(e)) from None
-    except FileNotFoundError as e:
-        raise fail(str(e)) from None
+    for source, counts in report.sources.items():
+        if counts.detected:
+            typer.echo(f"{source}: format {counts.format} (detected)")
     typer.echo(f"{report.lines} lines: {report.valid} valid, {report.rejected} rejected, {report.blank} blank -> {out}")
     if report.by_code:
         typer.echo(table([{"code": c, "lines": n} for c, n in report.by_code.items()]))
