@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field
 
 InputKind = Literal["jsonl", "json", "parquet", "datasets"]
 DETECT_SAMPLE = 20  # records looked at by `--format auto`
@@ -130,3 +131,18 @@ def sample_records(path: Path, kind: InputKind, lines: Iterator[Any] | None = No
         except orjson.JSONDecodeError:
             continue
     return out
+
+
+class DataSource(BaseModel):
+    """One source of a split in the pipeline config: its files, format and C-RLFT condition, and how much of it to use.
+
+    Each source is one C-RLFT class: its `condition` goes to every record that carries none.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="file, glob or `datasets` folder, relative to the config's folder")
+    format: Literal["auto", "openchat", "messages", "sharegpt", "alpaca"] = Field("auto", description="record format; auto detects it per file")
+    condition: str | None = Field(None, description="condition for records without one, e.g. 'GPT4'")
+    max_conversations: int | None = Field(None, ge=1, description="keep at most this many conversations (seeded sample, after dedup)")
+    sample_fraction: float | None = Field(None, gt=0, le=1, description="keep this share of the conversations (seeded sample, after dedup)")
