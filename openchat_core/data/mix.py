@@ -64,7 +64,8 @@ class SourceLimits:
 
 
 def _normalised(expr: Any) -> Any:
-    return expr.str.replace_all(r"\s+", " ").str.strip_chars()
+    # Same result as replacing r"\s+" with " ", about 2x faster: a lone space (most whitespace) is not a match.
+    return expr.str.replace_all(r"\s\s+|[^\S ]", " ").str.strip_chars()
 
 
 def _narrow_table(in_path: Path, weights: Mapping[str, float], default_weight: float, seed: int) -> Any:
@@ -76,12 +77,12 @@ def _narrow_table(in_path: Path, weights: Mapping[str, float], default_weight: f
         [_normalised(pl.col("system").fill_null("")),
          pl.col("items").list.eval(message.field("role") + "\x1f" + _normalised(message.field("content"))).list.join("\x1e")],
         separator="\x1d")
-    lf = (pl.scan_parquet(in_path).with_row_index("order")
+    lf = (pl.scan_parquet(in_path).with_row_index("order").with_columns(text.alias("text"))
           .select("order", "source", pl.col("condition").fill_null(""),
                   pl.col("items").list.len().alias("turns"),
                   (pl.col("items").list.eval(message.field("content").str.len_chars()).list.sum().fill_null(0)
                    + pl.col("system").fill_null("").str.len_chars()).alias("chars"),
-                  text.hash(seed=1).alias("key1"), text.hash(seed=2).alias("key2")))
+                  pl.col("text").hash(seed=1).alias("key1"), pl.col("text").hash(seed=2).alias("key2")))
     narrow = lf.collect(engine="streaming")
     weight = pl.col("condition").replace_strict({c: float(w) for c, w in weights.items()}, default=float(default_weight), return_dtype=pl.Float64)
     return narrow.with_columns(weight.alias("weight"), pl.col("key1").hash(seed).alias("rank"))
