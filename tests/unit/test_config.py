@@ -122,3 +122,10 @@ def test_data_sources_mix_plain_paths_and_mappings():
 def test_data_source_mistakes_name_the_field(override, message):
     with pytest.raises(ConfigError, match=re.compile(message, re.S)):
         build_config(MINIMAL, [override])
+
+
+def test_readme_source_config_example_validates():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = yaml.safe_load(re.search(r"\*\*Sources\.\*\*.*?```yaml\n(.*?)```", readme, re.S).group(1))
+    cfg = build_config({**MINIMAL, **example})
+    assert [s.format for s in cfg.data.as_sources(cfg.data.train)] == ["sharegpt", "alpaca", "auto"] and cfg.data.mix.max_turns == 64

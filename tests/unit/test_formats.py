@@ -157,3 +157,18 @@ def test_a_file_mixing_good_and_bad_records_loses_nothing(tmp_path):
     assert broken["code"] == "invalid_json" and broken["message"].startswith(f"{path}:5")
     bing = next(e for e in quarantine if e["code"] == "unsupported_role")
     assert f"{path}:{bing['line']} [field conversations[1].from]" in bing["message"] and "'bing'" in bing["message"]
+
+
+def test_cli_says_which_format_it_detected_and_fails_closed(tmp_path):
+    from typer.testing import CliRunner
+
+    from openchat_core.cli import build_app
+
+    runner = CliRunner()
+    result = runner.invoke(build_app(), ["validate", str(FIXTURES / "sharegpt.jsonl"), "--condition", "GPT4", "--out", str(tmp_path / "ok")])
+    assert result.exit_code == 0 and f"{FIXTURES / 'sharegpt.jsonl'}: format sharegpt (detected)" in result.output
+    assert "3 lines: 3 valid, 0 rejected, 0 blank" in result.output
+    unknown = tmp_path / "u.jsonl"
+    unknown.write_text('{"prompt": "a"}\n')
+    result = runner.invoke(build_app(), ["validate", str(unknown), "--out", str(tmp_path / "bad")])
+    assert result.exit_code == 1 and "cannot tell the format" in result.output
