@@ -78,13 +78,14 @@ def _narrow_table(in_path: Path, weights: Mapping[str, float], default_weight: f
          pl.col("items").list.eval(message.field("role") + "\x1f" + _normalised(message.field("content"))).list.join("\x1e")],
         separator="\x1d")
     lf = (pl.scan_parquet(in_path).with_row_index("order").with_columns(text.alias("text"))
-          .select("order", "source", pl.col("condition").fill_null(""),
+          .select("order", pl.col("source").cast(pl.Categorical), pl.col("condition").fill_null("").cast(pl.Categorical),
                   pl.col("items").list.len().alias("turns"),
                   (pl.col("items").list.eval(message.field("content").str.len_chars()).list.sum().fill_null(0)
                    + pl.col("system").fill_null("").str.len_chars()).alias("chars"),
                   pl.col("text").hash(seed=1).alias("key1"), pl.col("text").hash(seed=2).alias("key2")))
     narrow = lf.collect(engine="streaming")
-    weight = pl.col("condition").replace_strict({c: float(w) for c, w in weights.items()}, default=float(default_weight), return_dtype=pl.Float64)
+    weight = pl.col("condition").cast(pl.String).replace_strict({c: float(w) for c, w in weights.items()}, default=float(default_weight),
+                                                                 return_dtype=pl.Float64)
     return narrow.with_columns(weight.alias("weight"), pl.col("key1").hash(seed).alias("rank"))
 
 
@@ -93,28 +94,31 @@ def _statuses(narrow: Any, policy: MixPolicy, sources: Sequence[SourceLimits]) -
     import polars as pl
 
     origin_of = {f: s.name for s in sources for f in s.files}
-    df = narrow.with_columns(pl.col("source").replace_strict(origin_of, default=pl.col("source")).alias("origin"))
+    source = pl.col("source").cast(pl.String)
+    df = narrow.with_columns(source.replace_strict(origin_of, default=source).cast(pl.Categorical).alias("origin"))
     too_short = (pl.col("turns") < policy.min_turns) | (pl.col("chars") < policy.min_chars)
     too_long = pl.lit(False)
     if policy.max_turns is not None:
         too_long = too_long | (pl.col("turns") > policy.max_turns)
     if policy.max_chars is not None:
         too_long = too_long | (pl.col("chars") > policy.max_chars)
-    df = df.with_columns(pl.when(too_short).then(pl.lit("too_short")).when(too_long).then(pl.lit("too_long")).otherwise(None).alias("status"))
+    status = pl.Enum(STATUSES)
+    df = df.with_columns(pl.when(too_short).then(pl.lit("too_short", status)).when(too_long).then(pl.lit("too_long", status))
+                         .otherwise(pl.lit(None, status)).alias("status"))
 
     if policy.dedup:
-        ranked = (df.filter(pl.col("status").is_null())
+        ranked = (df.filter(pl.col("status").is_null()).select("key1", "key2", "weight", "order")
                   .sort(["key1", "key2", "weight", "order"], descending=[False, False, True, False])
                   .filter(~pl.struct("key1", "key2").is_first_distinct())
                   .select("order"))
         df = df.with_columns(pl.when(pl.col("status").is_null() & pl.col("order").is_in(ranked["order"].implode()))
-                             .then(pl.lit("duplicate")).otherwise(pl.col("status")).alias("status"))
+                             .then(pl.lit("duplicate", status)).otherwise(pl.col("status")).alias("status"))
 
     sampled_out: list[Any] = []
     for source in sources:
         if source.max_conversations is None and source.sample_fraction is None:
             continue
-        pool = df.filter(pl.col("status").is_null() & (pl.col("origin") == source.name))
+        pool = df.filter(pl.col("status").is_null() & (pl.col("origin").cast(pl.String) == source.name)).select("order", "rank")
         keep = pool.height
         if source.sample_fraction is not None:
             keep = round(keep * source.sample_fraction)
@@ -125,8 +129,8 @@ def _statuses(narrow: Any, policy: MixPolicy, sources: Sequence[SourceLimits]) -
     if sampled_out:
         dropped = pl.concat(sampled_out)
         df = df.with_columns(pl.when(pl.col("status").is_null() & pl.col("order").is_in(dropped.implode()))
-                             .then(pl.lit("sampled_out")).otherwise(pl.col("status")).alias("status"))
-    return df.with_columns(pl.col("status").fill_null("kept"))
+                             .then(pl.lit("sampled_out", status)).otherwise(pl.col("status")).alias("status"))
+    return df.with_columns(pl.col("status").fill_null(pl.lit("kept", status)))
 
 
 def mix_table(df: Any) -> list[dict[str, Any]]:
@@ -134,18 +138,18 @@ def mix_table(df: Any) -> list[dict[str, Any]]:
     import polars as pl
 
     counts = [(pl.col("status") == s).sum().alias(s) for s in STATUSES]
-    table = (df.group_by("origin", "condition").agg(pl.len().alias("input"), *counts)
-             .rename({"origin": "source"}).sort("source", "condition"))
+    table = (df.group_by(pl.col("origin").cast(pl.String).alias("source"), pl.col("condition").cast(pl.String))
+             .agg(pl.len().alias("input"), *counts).sort("source", "condition"))
     return table.to_dicts()
 
 
 def _copy_rows(in_path: Path, out_path: Path, kept: np.ndarray, batch_rows: int) -> int:
     """Copy the rows whose 0-based numbers are in the sorted array `kept`, batch by batch, schema unchanged."""
-    parquet = pq.ParquetFile(in_path)
+    parquet = pq.ParquetFile(in_path, pre_buffer=False)  # one row group in memory at a time
     partial = out_path.with_name(out_path.name + ".partial")
     written = start = 0
     with pq.ParquetWriter(partial, parquet.schema_arrow, compression="zstd") as writer:
-        for batch in parquet.iter_batches(batch_size=batch_rows):
+        for batch in parquet.iter_batches(batch_size=batch_rows, use_threads=False):
             mask = np.isin(np.arange(start, start + batch.num_rows), kept, assume_unique=True)
             start += batch.num_rows
             if mask.any():
