@@ -172,3 +172,18 @@ def test_cli_says_which_format_it_detected_and_fails_closed(tmp_path):
     unknown.write_text('{"prompt": "a"}\n')
     result = runner.invoke(build_app(), ["validate", str(unknown), "--out", str(tmp_path / "bad")])
     assert result.exit_code == 1 and "cannot tell the format" in result.output
+
+
+def test_a_datasets_folder_is_digested_by_its_files(tmp_path):
+    """The validate stage's cache key covers a folder input's contents (a changed dataset is revalidated)."""
+    from datasets import Dataset
+
+    from openchat_core.digest import files_digest
+
+    Dataset.from_list(_records("alpaca")).save_to_disk(str(tmp_path / "d"))
+    before = files_digest([tmp_path / "d"])
+    assert files_digest([tmp_path / "d"]) == before
+    Dataset.from_list(_records("alpaca")[:2]).save_to_disk(str(tmp_path / "d2"))
+    (tmp_path / "d").rename(tmp_path / "old")
+    (tmp_path / "d2").rename(tmp_path / "d")
+    assert files_digest([tmp_path / "d"]) != before
