@@ -78,7 +78,7 @@ def choose_format(records: Iterable[Any], where: str) -> FormatName:
     return max(counts, key=lambda n: counts[n])  # max keeps the first of equal counts
 
 
-def _join_content(content: Any, field: str) -> str | Rejection | Any:
+def _join_content(content: Any, field: str) -> Any:
     """A message's text: a string as is, a list of text parts joined; other types are left for `check_record`."""
     if not isinstance(content, list):
         return content

@@ -73,7 +73,10 @@ def _json_array(path: Path) -> list[Any]:
 
 
 def _dataset(path: Path):  # noqa: ANN202 - datasets.Dataset; imported here because `datasets` is slow to import
-    from datasets import Dataset, load_from_disk
+    try:
+        from datasets import Dataset, load_from_disk
+    except ImportError:
+        raise InputFileError(f"{path}: reading a `datasets` folder needs the `datasets` package (requirements/pipeline.txt)") from None
 
     loaded = load_from_disk(str(path))
     if not isinstance(loaded, Dataset):
