@@ -187,3 +187,21 @@ def test_a_datasets_folder_is_digested_by_its_files(tmp_path):
     (tmp_path / "d").rename(tmp_path / "old")
     (tmp_path / "d2").rename(tmp_path / "d")
     assert files_digest([tmp_path / "d"]) != before
+
+
+def test_gzip_and_json_named_jsonl_inputs(tmp_path):
+    import gzip
+
+    lines = (FIXTURES / "alpaca.jsonl").read_bytes()
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(lines))
+    (tmp_path / "b.json").write_bytes(lines)  # JSON Lines under a .json name: read line by line
+    report = validate_files([tmp_path / "a.jsonl.gz", tmp_path / "b.json"], tmp_path / "out", format="auto", condition="GPT4")
+    assert [c.format for c in report.sources.values()] == ["alpaca", "alpaca"] and report.valid == 6
+    assert _strip_location(_rows(tmp_path / "out")) == _strip_location(_golden("alpaca")) * 2
+
+
+def test_a_broken_json_array_fails_closed(tmp_path):
+    (tmp_path / "a.json").write_text('[{"instruction": "a", "output": "b"},')
+    with pytest.raises(InputFileError, match=r"a.json: not a valid JSON array"):
+        validate_files([tmp_path / "a.json"], tmp_path / "out", format="alpaca")
+    assert not (tmp_path / "out" / "quarantine.jsonl.partial").exists()
