@@ -29,6 +29,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from openchat_core.data.conversations_io import open_conversation_file
+
 STATUSES = ("too_short", "too_long", "duplicate", "sampled_out", "kept")
 
 
@@ -168,6 +170,7 @@ def mix_file(in_path: Path | str, out_dir: Path | str, policy: MixPolicy, source
     as `default_weight`). Sources not listed in `sources` are named by their file and are not capped.
     """
     in_path, out = Path(in_path), Path(out_dir)
+    open_conversation_file(in_path)  # a missing or foreign file fails here, with how to make the right one
     out.mkdir(parents=True, exist_ok=True)
     narrow = _narrow_table(in_path, condition_weights or {}, default_weight, policy.seed)
     df = _statuses(narrow, policy, sources)

@@ -81,3 +81,19 @@ def test_length_filters(tmp_path):
 def test_policy_ranges_say_how_to_fix():
     with pytest.raises(ValidationError, match="max_turns=1 is below min_turns=2"):
         MixPolicy(min_turns=2, max_turns=1)
+
+
+def test_mix_command_prints_the_table_and_names_a_bad_setting(tmp_path):
+    from typer.testing import CliRunner
+
+    from openchat_core.cli import build_app
+
+    src = _write(tmp_path / "in.parquet", [("a.jsonl", "GPT3", *_conv("q", "a")), ("b.jsonl", "GPT4", *_conv("q", "a")),
+                                           ("b.jsonl", "GPT4", *_conv("q " * 20, "a"))])
+    runner = CliRunner()
+    args = ["mix", "--in", str(src), "--out", str(tmp_path / "out"), "GPT4=1.0", "GPT3=0.1", "--policy", "max_chars=20"]
+    result = runner.invoke(build_app(), args)
+    assert result.exit_code == 0 and "3 conversations: 1 kept, 1 duplicates, 1 filtered by length" in result.output
+    assert _kept(tmp_path / "out") == [("b.jsonl", 2)]
+    result = runner.invoke(build_app(), [*args[:-1], "max_char=20"])
+    assert result.exit_code == 1 and "max_char: unknown key" in result.output
