@@ -196,8 +196,8 @@ def track_data_task(tracking, data, cfg) -> str:  # noqa: ANN001 - TrackingConte
             table = split.mixed.report["table"]  # per source and condition: shown as a table in MLflow's artifact view
             if table:
                 mlflow.log_table({column: [row[column] for row in table] for column in table[0]}, f"{name}/mix/mix_table.json")
-            for stage, context in ((split.validated, "validated"), (split.tokens, "pretokenized")):
-                target = Path(stage.path) / ("conversations.parquet" if stage.stage == "validate" else "tokens.parquet")
+            for stage, context in ((split.validated, "validated"), (split.mixed, "mixed"), (split.tokens, "pretokenized")):
+                target = Path(stage.path) / ("tokens.parquet" if stage.stage == "pretokenize" else "conversations.parquet")
                 dataset = MetaDataset(source=resolve_dataset_source(target.resolve().as_uri()), name=f"{name}-{context}", digest=stage.key)
                 mlflow.log_input(dataset, context=name, tags={"openchat.stage": stage.stage})
     client.set_terminated(run_id, "FINISHED")
