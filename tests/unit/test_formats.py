@@ -205,3 +205,43 @@ def test_a_broken_json_array_fails_closed(tmp_path):
     with pytest.raises(InputFileError, match=r"a.json: not a valid JSON array"):
         validate_files([tmp_path / "a.json"], tmp_path / "out", format="alpaca")
     assert not (tmp_path / "out" / "quarantine.jsonl.partial").exists()
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from openchat_core.data.rules import check_record  # noqa: E402
+
+_CONTENT = st.one_of(st.text(max_size=6), st.sampled_from(["\ud800", ""]), st.integers(), st.none())
+_ITEMS = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]), "content": _CONTENT},
+                                        optional={"weight": st.one_of(st.none(), st.floats(allow_nan=True), st.just(-1), st.just(0.5))}),
+                  max_size=4)
+_SYSTEM = st.one_of(st.none(), st.text(max_size=4), st.integers())
+
+
+def _as_messages(items: list[dict], system) -> dict:
+    head = [] if system is None else [{"role": "system", "content": system}]
+    return {"messages": head + [dict(m) for m in items]}
+
+
+def _as_sharegpt(items: list[dict], system) -> dict:
+    names = {"user": "human", "assistant": "gpt"}
+    head = [] if system is None else [{"from": "system", "value": system}]
+    return {"conversations": head + [{"from": names[m["role"]], "value": m["content"]} for m in items]}
+
+
+@settings(max_examples=300, deadline=None)
+@given(_ITEMS, _SYSTEM)
+def test_other_formats_accept_and_reject_exactly_what_the_openchat_rules_do(items, system):
+    """The converters only map fields: the same conversation in another format gets the same verdict, record and code."""
+    unweighted = [{k: v for k, v in m.items() if k != "weight"} for m in items]
+    system_key = {} if system is None else {"system": system}
+    cases = [("messages", _as_messages(items, system), check_record({"items": items, **system_key})),
+             ("sharegpt", _as_sharegpt(unweighted, system), check_record({"items": unweighted, **system_key}))]
+    for fmt, record, expected in cases:
+        got = record_checker(fmt)(record)
+        assert type(got) is type(expected), (fmt, record, got, expected)
+        if isinstance(expected, ValidRecord):
+            assert (got.items, got.system, got.condition) == (expected.items, expected.system, expected.condition)
+        else:
+            assert got.code == expected.code, (fmt, record, got, expected)
