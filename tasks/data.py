@@ -89,7 +89,10 @@ def mix_task(layout: StorageLayout, validated: StageOutput, policy: MixPolicy, w
     """Length filters, dedup across sources (the higher-weight copy stays), per-source caps; publishes the per-source table."""
     logger = get_run_logger()
     limits = json.dumps([[s.name, sorted(s.files), s.max_conversations, s.sample_fraction] for s in sources])
-    key = text_digest("mix", MIX_VERSION, validated.key, policy.model_dump_json(), weights.model_dump_json(), limits)
+    import polars
+
+    # polars' hash (dedup keys, sampling ranks) may change between its releases: a new version is a new key
+    key = text_digest("mix", MIX_VERSION, polars.__version__, validated.key, policy.model_dump_json(), weights.model_dump_json(), limits)
     final = layout.stage_dir("mix", key)
     cached = layout.is_complete(final)
     if not cached:

@@ -10,9 +10,10 @@ weights, in this order:
    whose condition has the highest C-RLFT weight is kept, then the earliest;
 3. per-source caps (`max_conversations`) and sampling (`sample_fraction`), seeded: each source
    keeps the conversations whose key, hashed with the seed, ranks lowest, so the choice does not
-   depend on the order of the rows and changes only with the seed.
+   depend on the order of the rows and changes only with the seed (and, since polars' hash is
+   not promised stable across its releases, possibly with the polars version).
 
-Only a narrow table (row number, source, condition, two 64-bit hashes, lengths: ~50 bytes a
+Only a narrow table (row number, source, condition, two 64-bit hashes, lengths: ~60 bytes a
 conversation) is held in memory; polars computes it from the Parquet with its streaming engine,
 and the kept rows are copied batch by batch, so the text itself is never loaded whole.
 """
