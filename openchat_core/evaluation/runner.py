@@ -12,7 +12,11 @@ Writes to `out_dir` (each file atomically):
 - `results.jsonl`: one `QuestionResult` per question, in eval-data order;
 - `summary.json`: `EvalSummary` (scores, digests, settings; no timings, so it is deterministic);
 - `data_issues.jsonl`: skipped rows, when there are any;
-- `timings.json`: wall times and engine details of this run.
+- `timings.json`: wall times and engine details of this run;
+- `evalplus/<task>/samples.jsonl` (+ `problems.jsonl`): coding answers in EvalPlus's format.
+
+Coding tasks (`coding/humaneval`): the matcher extracts a program; `score_code` runs each one in
+the sandbox (evaluation/coding) and a question is correct when it passes the base tests.
 """
 
 from __future__ import annotations
@@ -24,12 +28,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from openchat_core.evaluation import task_types
 from openchat_core.evaluation.eval_data import EvalData, EvalDataIssue, EvalQuestion, load_eval_data
 from openchat_core.evaluation.generation import Generation, Generator, context_limit, make_generator, resolve_model_type
-from openchat_core.evaluation.summary import EvalSummary, QuestionResult, aggregate, finish_reason_counts
+from openchat_core.evaluation.summary import CodingScore, EvalSummary, QuestionResult, aggregate, finish_reason_counts
 from openchat_core.evaluation.task_types import get_task_type
+
+if TYPE_CHECKING:
+    from openchat_core.evaluation.coding.scoring import CodingOptions
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -96,6 +104,38 @@ def score_question(question: EvalQuestion, generation: Generation, prompt_tokens
                           prompt_tokens=prompt_tokens, output_token_ids=list(generation.token_ids), error=error)
 
 
+def score_code(questions: Sequence[EvalQuestion], results: list[QuestionResult], out: Path,
+               options: CodingOptions | None) -> tuple[list[QuestionResult], dict[str, CodingScore], dict[str, Any] | None]:
+    """Run the extracted programs of code-executing task types in the sandbox; correct = passes the base tests.
+
+    Also writes each coding task's EvalPlus `samples.jsonl`. Returns the updated results, pass@1 per
+    task, and the sandbox settings with the isolation that held (None when no coding task ran).
+    """
+    indices = [i for i, q in enumerate(questions) if task_types.get_task_type(q.task_type).executes_code]
+    if not indices:
+        return results, {}, None
+    from openchat_core.evaluation.coding.scoring import (CodingOptions, execute_solutions, pass_rates, resolve_problems,
+                                                         write_evalplus_samples)
+
+    options = options or CodingOptions()
+    problems = resolve_problems([questions[i].row["_metadata"] for i in indices], options)
+    outcomes = execute_solutions(problems, [results[i].answer for i in indices], options)
+    updated = list(results)
+    by_task: dict[str, list[int]] = {}
+    for k, (i, outcome) in enumerate(zip(indices, outcomes, strict=True)):
+        execution = {"task_id": problems[k]["task_id"], "base": outcome.base, "plus": outcome.plus,
+                     "error": outcome.error, "wall_s": outcome.wall_s}
+        updated[i] = results[i].model_copy(update={"correct": outcome.base == "pass", "execution": execution})
+        by_task.setdefault(questions[i].task_name, []).append(k)
+    scores = {}
+    for task, ks in sorted(by_task.items()):
+        scores[task] = CodingScore(**pass_rates([outcomes[k] for k in ks]))
+        write_evalplus_samples(out, task, [problems[k] for k in ks], [results[indices[k]].answer for k in ks])
+    isolation = sorted({json.dumps(o.isolation, sort_keys=True) for o in outcomes if o.isolation})
+    sandbox = {**options.describe(), "isolation": [json.loads(x) for x in isolation]}
+    return updated, scores, sandbox
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(text, encoding="utf-8")
@@ -124,11 +164,13 @@ def run_generation_eval(model_dir: Path | str, eval_data_root: Path | str, eval_
                         out_dir: Path | str, condition: str = "", system: str = "",
                         engine: str | Generator = "auto", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                         limit_per_task: int | None = None, model_type: str | None = None,
-                        strict_data: bool = False, engine_options: dict[str, Any] | None = None) -> EvalResult:
+                        strict_data: bool = False, engine_options: dict[str, Any] | None = None,
+                        coding: CodingOptions | None = None) -> EvalResult:
     """Evaluate a checkpoint on the selected eval sets and write the results folder (see module docstring).
 
     `engine` is "auto" | "vllm" | "transformers", or a ready `Generator` (e.g. one wrapping a model
     already in memory). `condition=""` uses the model type's inference condition, as OpenChat.
+    `coding`: sandbox limits and HumanEval+ source for coding tasks (defaults when None).
     """
     from openchat_core.templates.conversation import ConversationTemplate
     from openchat_core.templates.model_types import get_model_type
@@ -158,6 +200,8 @@ def run_generation_eval(model_dir: Path | str, eval_data_root: Path | str, eval_
 
     t0 = time.perf_counter()
     results = [score_question(q, g, len(p)) for q, g, p in zip(data.questions, generations, prompts, strict=True)]
+    out.mkdir(parents=True, exist_ok=True)
+    results, coding_scores, sandbox = score_code(data.questions, results, out, coding)
     timings["score_s"] = round(time.perf_counter() - t0, 3)
     overall, task_types, tasks = aggregate(results)
     summary = EvalSummary(
@@ -168,9 +212,8 @@ def run_generation_eval(model_dir: Path | str, eval_data_root: Path | str, eval_
         task_types=task_types, tasks=tasks, finish_reasons=finish_reason_counts(results),
         truncated_prompts=truncated, data_issues=len(data.issues),
         scoring_errors=sum(r.error is not None for r in results),
-        notes=_notes(data, results, truncated, max_new_tokens))
+        notes=_notes(data, results, truncated, max_new_tokens), coding=coding_scores, sandbox=sandbox)
 
-    out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / RESULTS_FILE, "".join(r.model_dump_json() + "\n" for r in results))
     if data.issues:
         _write_atomic(out / ISSUES_FILE, "".join(json.dumps(asdict(i)) + "\n" for i in data.issues))

@@ -36,6 +36,7 @@ class QuestionResult(BaseModel):
     prompt_tokens: int
     output_token_ids: list[int]
     error: str | None = None
+    execution: dict[str, Any] | None = None  # coding tasks: sandbox verdicts (base, plus, error, wall_s)
 
 
 class Score(BaseModel):
@@ -49,6 +50,18 @@ class Score(BaseModel):
 class TaskTypeScore(Score):
     tasks: int
     macro_accuracy: float
+
+
+class CodingScore(BaseModel):
+    """pass@1 of one coding task (greedy: one sample per problem) on base and base+plus tests, as EvalPlus."""
+
+    n: int
+    pass_base: int
+    pass1_base: float
+    n_plus: int
+    pass_plus: int | None
+    pass1_plus: float | None
+    verdicts: dict[str, int]
 
 
 class EvalSummary(BaseModel):
@@ -77,6 +90,8 @@ class EvalSummary(BaseModel):
     data_issues: int
     scoring_errors: int
     notes: list[str]
+    coding: dict[str, CodingScore] = {}
+    sandbox: dict[str, Any] | None = None  # coding tasks: options, limits and the isolation that held
 
     def comparable_with(self, other: EvalSummary) -> bool:
         """Same questions and prompts (eval-set digest, condition, system prompt)?"""
