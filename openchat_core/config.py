@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from openchat_core.data.weights import WeightPolicy
+from openchat_core.evaluation.coding.sandbox import SandboxLimits
+from openchat_core.evaluation.coding.scoring import CodingOptions
 from openchat_core.templates.model_types import canonical_model_type_name
 
 
@@ -122,9 +124,15 @@ class EvalConfig(Section):
     engine: Literal["auto", "vllm", "transformers"] = "auto"
     max_new_tokens: int = Field(64, ge=1)
     limit_per_task: int | None = Field(None, ge=1, description="evaluate only the first N questions of each task (quick runs)")
-    primary_metric: str = Field("eval/loss", description="metric that picks the best epoch, e.g. eval/loss or gen/accuracy")
+    primary_metric: str = Field("eval/loss", description="metric that picks the best epoch, e.g. eval/loss, gen/accuracy "
+                                                         "or gen/coding/humaneval/pass1_plus")
     direction: Literal["minimize", "maximize"] = "minimize"
     tie_break: Literal["later_epoch", "lower_loss"] = "later_epoch"
+    humaneval_plus: str | None = Field(None, description="coding eval: local HumanEvalPlus .jsonl(.gz) replacing the problems "
+                                                         "in the coding rows (never downloaded)")
+    code_timeout_s: float = Field(SandboxLimits.timeout_s, gt=0, description="coding eval: wall-clock limit per problem")
+    code_memory_mb: int = Field(SandboxLimits.memory_mb, ge=256, description="coding eval: address-space limit per problem")
+    code_workers: int = Field(CodingOptions.workers, ge=1, description="coding eval: problems run in parallel sandboxes")
 
 
 class RegistryConfig(Section):
@@ -176,6 +184,12 @@ class PipelineConfig(Section):
     def path(self, value: str) -> Path:
         p = Path(value).expanduser()
         return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def coding_options(self) -> CodingOptions:
+        """How coding answers are executed (eval.humaneval_plus, eval.code_*)."""
+        e = self.eval
+        return CodingOptions(humaneval_plus=self.path(e.humaneval_plus) if e.humaneval_plus else None, workers=e.code_workers,
+                             limits=SandboxLimits(timeout_s=e.code_timeout_s, memory_mb=e.code_memory_mb))
 
 
 class _Replace:

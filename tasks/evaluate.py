@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from openchat_core.config import PipelineConfig
 from openchat_core.digest import file_digest, text_digest
+from openchat_core.evaluation.summary import coding_type_scores
 from openchat_core.markdown import markdown_table
 from openchat_core.registry.promotion import promote_candidate
 from openchat_core.registry.selection import EpochScore, select_best
@@ -51,19 +52,26 @@ class Registration(BaseModel):
 
 def eval_key(cfg: PipelineConfig, heldout_key: str | None) -> str:
     """What makes two evaluations comparable: the eval sets' content, condition, system prompt, length, held-out data."""
-    gen = "-"
+    gen, coding = "-", []
     if cfg.eval.eval_data:
         from openchat_core.evaluation.eval_data import load_eval_data
+        from openchat_core.evaluation.task_types import get_task_type
 
-        gen = load_eval_data(cfg.path(cfg.eval.eval_data), cfg.eval.eval_sets, limit_per_task=cfg.eval.limit_per_task).digest
-    return text_digest("eval", gen, cfg.eval.condition, str(cfg.eval.max_new_tokens), heldout_key or "-")
+        data = load_eval_data(cfg.path(cfg.eval.eval_data), cfg.eval.eval_sets, limit_per_task=cfg.eval.limit_per_task)
+        gen = data.digest
+        if any(get_task_type(t.task_type).executes_code for t in data.tasks):
+            coding = [json.dumps(cfg.coding_options().describe(), sort_keys=True)]  # sandbox limits can change verdicts
+    return text_digest("eval", gen, cfg.eval.condition, str(cfg.eval.max_new_tokens), heldout_key or "-", *coding)
 
 
 def summary_metrics(summary: Any) -> dict[str, float]:
-    """An EvalSummary as flat MLflow metrics: gen/accuracy, gen/unmatched, gen/<task type>/accuracy."""
+    """An EvalSummary as flat MLflow metrics: gen/accuracy, gen/unmatched, gen/<task type>/accuracy, and for coding
+    tasks gen/<task type>/pass1_base and pass1_plus (pass@1 over the type's problems; plus only when every problem has it)."""
     metrics = {"gen/accuracy": summary.overall.accuracy, "gen/unmatched": summary.overall.unmatched_rate}
     for name, score in summary.task_types.items():
         metrics[f"gen/{name}/accuracy"] = score.accuracy
+    for task_type, score in coding_type_scores(summary).items():
+        metrics.update({f"gen/{task_type}/{k}": v for k, v in score.items() if v is not None})
     return metrics
 
 
@@ -77,7 +85,7 @@ def evaluate_checkpoint(checkpoint: str, cfg: PipelineConfig, out_dir: Path, hel
     if cfg.eval.eval_data:
         result = run_generation_eval(checkpoint, cfg.path(cfg.eval.eval_data), cfg.eval.eval_sets, out_dir=out_dir,
                                      condition=cfg.eval.condition, engine=cfg.eval.engine, max_new_tokens=cfg.eval.max_new_tokens,
-                                     limit_per_task=cfg.eval.limit_per_task)
+                                     limit_per_task=cfg.eval.limit_per_task, coding=cfg.coding_options())
         metrics.update(summary_metrics(result.summary))
     if recorded and "eval/loss" in recorded:
         metrics.update({k: v for k, v in recorded.items() if k.startswith("eval/")})

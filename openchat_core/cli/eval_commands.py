@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 
 from openchat_core.cli.output import fail, table
+from openchat_core.evaluation.coding.sandbox import SandboxLimits
+from openchat_core.evaluation.coding.scoring import CodingOptions
 
 DEFAULT_MLFLOW = "sqlite:///runs/mlflow.db"
 MlflowUri = Annotated[str | None, typer.Option("--mlflow-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or {DEFAULT_MLFLOW})")]
@@ -38,9 +40,17 @@ def evaluate(
     max_new_tokens: Annotated[int, typer.Option()] = 512,
     limit_per_task: Annotated[int | None, typer.Option(help="first N questions of each task (quick checks)")] = None,
     heldout: Annotated[Path | None, typer.Option(help="pretokenized held-out Parquet: also report eval/loss and eval/accuracy")] = None,
+    humaneval_plus: Annotated[Path | None, typer.Option(help="coding eval: local HumanEvalPlus .jsonl(.gz) replacing the "
+                                                             "problems in the coding rows")] = None,
+    code_timeout_s: Annotated[float, typer.Option(help="coding eval: wall-clock limit per problem")] = SandboxLimits.timeout_s,
+    code_memory_mb: Annotated[int, typer.Option(help="coding eval: address-space limit per problem")] = SandboxLimits.memory_mb,
+    code_workers: Annotated[int, typer.Option(help="coding eval: problems run in parallel sandboxes")] = CodingOptions.workers,
     mlflow_uri: MlflowUri = None,
 ) -> None:
     """Evaluate a checkpoint or registered model: generation evals (scored per question) and/or held-out loss.
+
+    Coding sets (coding/humaneval) run each extracted program in a sandbox and report pass@1 on
+    HumanEval (base) and HumanEval+ (plus) tests; EvalPlus samples go to OUT/evalplus/.
 
     Example: openchat eval --model models:/openchat-demo@champion --eval-data data/demo/eval_data --eval-sets demo --out runs/eval
     """
@@ -58,8 +68,11 @@ def evaluate(
         from openchat_core.evaluation.view import load_runs, render_markdown
 
         try:
+            coding = CodingOptions(humaneval_plus=humaneval_plus, workers=code_workers,
+                                   limits=SandboxLimits(timeout_s=code_timeout_s, memory_mb=code_memory_mb))
             result = run_generation_eval(model_dir, eval_data, eval_sets or (), out_dir=out, condition=condition, system=system,
-                                         engine=engine, max_new_tokens=max_new_tokens, limit_per_task=limit_per_task)
+                                         engine=engine, max_new_tokens=max_new_tokens, limit_per_task=limit_per_task,
+                                         coding=coding)
         except (ValueError, FileNotFoundError, KeyError) as e:
             raise fail(str(e)) from None
         typer.echo(render_markdown(load_runs([out], [model])))

@@ -104,36 +104,64 @@ def score_question(question: EvalQuestion, generation: Generation, prompt_tokens
                           prompt_tokens=prompt_tokens, output_token_ids=list(generation.token_ids), error=error)
 
 
-def score_code(questions: Sequence[EvalQuestion], results: list[QuestionResult], out: Path,
-               options: CodingOptions | None) -> tuple[list[QuestionResult], dict[str, CodingScore], dict[str, Any] | None]:
-    """Run the extracted programs of code-executing task types in the sandbox; correct = passes the base tests.
+def code_problems(questions: Sequence[EvalQuestion], options: CodingOptions | None) -> dict[int, dict[str, Any]]:
+    """Question index -> the problem its program is scored on, for code-executing task types.
+
+    Resolved before generation, so a bad `--humaneval-plus` file fails in seconds, not after an hour.
+    """
+    indices = [i for i, q in enumerate(questions) if task_types.get_task_type(q.task_type).executes_code]
+    if not indices:
+        return {}
+    from openchat_core.evaluation.coding.scoring import CodingOptions, resolve_problems
+
+    problems = resolve_problems([questions[i].row["_metadata"] for i in indices], options or CodingOptions())
+    return dict(zip(indices, problems, strict=True))
+
+
+def score_code(questions: Sequence[EvalQuestion], results: list[QuestionResult], problems: dict[int, dict[str, Any]],
+               out: Path, options: CodingOptions | None
+               ) -> tuple[list[QuestionResult], dict[str, CodingScore], dict[str, Any] | None]:
+    """Run the extracted programs (`problems` from `code_problems`) in the sandbox; correct = passes the base tests.
 
     Also writes each coding task's EvalPlus `samples.jsonl`. Returns the updated results, pass@1 per
     task, and the sandbox settings with the isolation that held (None when no coding task ran).
     """
-    indices = [i for i, q in enumerate(questions) if task_types.get_task_type(q.task_type).executes_code]
-    if not indices:
+    if not problems:
         return results, {}, None
-    from openchat_core.evaluation.coding.scoring import (CodingOptions, execute_solutions, pass_rates, resolve_problems,
-                                                         write_evalplus_samples)
+    from openchat_core.evaluation.coding.scoring import CodingOptions, execute_solutions, pass_rates, write_evalplus_samples
 
     options = options or CodingOptions()
-    problems = resolve_problems([questions[i].row["_metadata"] for i in indices], options)
-    outcomes = execute_solutions(problems, [results[i].answer for i in indices], options)
+    indices = list(problems)
+    outcomes = dict(zip(indices, execute_solutions([problems[i] for i in indices], [results[i].answer for i in indices],
+                                                   options), strict=True))
     updated = list(results)
     by_task: dict[str, list[int]] = {}
-    for k, (i, outcome) in enumerate(zip(indices, outcomes, strict=True)):
-        execution = {"task_id": problems[k]["task_id"], "base": outcome.base, "plus": outcome.plus,
+    for i, outcome in outcomes.items():
+        execution = {"task_id": problems[i]["task_id"], "base": outcome.base, "plus": outcome.plus,
                      "error": outcome.error, "wall_s": outcome.wall_s}
         updated[i] = results[i].model_copy(update={"correct": outcome.base == "pass", "execution": execution})
-        by_task.setdefault(questions[i].task_name, []).append(k)
+        by_task.setdefault(questions[i].task_name, []).append(i)
     scores = {}
-    for task, ks in sorted(by_task.items()):
-        scores[task] = CodingScore(**pass_rates([outcomes[k] for k in ks]))
-        write_evalplus_samples(out, task, [problems[k] for k in ks], [results[indices[k]].answer for k in ks])
-    isolation = sorted({json.dumps(o.isolation, sort_keys=True) for o in outcomes if o.isolation})
+    for task, task_indices in sorted(by_task.items()):
+        scores[task] = CodingScore(**pass_rates([outcomes[i] for i in task_indices]))
+        write_evalplus_samples(out, task, [problems[i] for i in task_indices], [results[i].answer for i in task_indices])
+    isolation = sorted({json.dumps(o.isolation, sort_keys=True) for o in outcomes.values() if o.isolation})
     sandbox = {**options.describe(), "isolation": [json.loads(x) for x in isolation]}
     return updated, scores, sandbox
+
+
+def _coding_notes(scores: dict[str, CodingScore], sandbox: dict[str, Any] | None) -> list[str]:
+    notes = []
+    for task, score in scores.items():
+        if score.n_plus < score.n:
+            notes.append(f"{task}: {score.n - score.n_plus} of {score.n} problems have no HumanEval+ inputs, so pass@1 on "
+                         f"plus tests is not reported; give a local HumanEvalPlus file with --humaneval-plus PATH "
+                         f"(config: eval.humaneval_plus)")
+    for isolation in (sandbox or {}).get("isolation", []):
+        weak = [f"{k}={v}" for k, v in isolation.items() if v in ("python-socket-block", "process-group", "same-user")]
+        if weak:
+            notes.append(f"coding sandbox ran with weaker isolation ({', '.join(weak)}); see README, Coding eval")
+    return notes
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -185,6 +213,7 @@ def run_generation_eval(model_dir: Path | str, eval_data_root: Path | str, eval_
     if max_new_tokens >= limit:
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the {limit}-token context")
     data = load_eval_data(eval_data_root, eval_sets, limit_per_task=limit_per_task, strict=strict_data)
+    problems = code_problems(data.questions, coding)
     resolved_condition = condition or get_model_type(mtype).inference_condition
     template = ConversationTemplate.from_tokenizer(mtype, load_tokenizer(model_path))
     prompts, truncated = build_prompts(template, data.questions, resolved_condition, system, limit - max_new_tokens)
@@ -201,7 +230,7 @@ def run_generation_eval(model_dir: Path | str, eval_data_root: Path | str, eval_
     t0 = time.perf_counter()
     results = [score_question(q, g, len(p)) for q, g, p in zip(data.questions, generations, prompts, strict=True)]
     out.mkdir(parents=True, exist_ok=True)
-    results, coding_scores, sandbox = score_code(data.questions, results, out, coding)
+    results, coding_scores, sandbox = score_code(data.questions, results, problems, out, coding)
     timings["score_s"] = round(time.perf_counter() - t0, 3)
     overall, task_types, tasks = aggregate(results)
     summary = EvalSummary(
@@ -212,7 +241,8 @@ def run_generation_eval(model_dir: Path | str, eval_data_root: Path | str, eval_
         task_types=task_types, tasks=tasks, finish_reasons=finish_reason_counts(results),
         truncated_prompts=truncated, data_issues=len(data.issues),
         scoring_errors=sum(r.error is not None for r in results),
-        notes=_notes(data, results, truncated, max_new_tokens), coding=coding_scores, sandbox=sandbox)
+        notes=_notes(data, results, truncated, max_new_tokens) + _coding_notes(coding_scores, sandbox),
+        coding=coding_scores, sandbox=sandbox)
 
     _write_atomic(out / RESULTS_FILE, "".join(r.model_dump_json() + "\n" for r in results))
     if data.issues:

