@@ -180,3 +180,48 @@ def _sandbox_processes() -> list[int]:
         if int(fields["Uid"].split()[0]) >= SANDBOX_UID_BASE and fields["State"].split()[0] not in ("Z", "X"):
             found.append(int(status.parent.name))
     return found
+
+
+# --- through the runner: results, summary, metrics, view ---
+
+def test_runner_scores_coding_answers_and_reports_pass_at_1(tmp_path):
+    from openchat_core.evaluation.runner import run_generation_eval
+    from openchat_core.evaluation.view import load_runs, render_markdown
+    from openchat_core.templates.tokenizers import load_tokenizer
+    from tasks.evaluate import summary_metrics
+    from tests.unit.eval_models import save_tiny_checkpoint
+    from tests.unit.test_eval_runner import ScriptedGenerator
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt")
+    script = {"triangle_area": " ```python\ndef triangle_area(a, h):\n    return a * h / 2\n```",  # right
+              "def add": " Use `x + y`."}  # no function: unmatched, fails
+    result = run_generation_eval(checkpoint, ROOT, out_dir=tmp_path / "out", max_new_tokens=16,
+                                 engine=ScriptedGenerator(load_tokenizer(checkpoint), script),
+                                 coding=CodingOptions(limits=LIMITS))
+    triangle, add = result.results
+    assert (triangle.matched, triangle.correct, triangle.execution["base"], triangle.execution["plus"]) == (True, True, "pass", "pass")
+    assert (add.matched, add.correct, add.execution["base"]) == (False, False, "fail")
+    assert add.answer == add.response == "Use `x + y`."
+    score = result.summary.coding["coding/humaneval/humaneval"]
+    assert (score.n, score.pass1_base, score.pass1_plus) == (2, 0.5, 0.5)
+    assert result.summary.task_types["coding/humaneval"].accuracy == 0.5
+    assert summary_metrics(result.summary) == {"gen/accuracy": 0.5, "gen/unmatched": 0.5, "gen/coding/humaneval/accuracy": 0.5,
+                                               "gen/coding/humaneval/pass1_base": 0.5, "gen/coding/humaneval/pass1_plus": 0.5}
+    view = render_markdown(load_runs([result.out_dir]))
+    assert "| out | coding/humaneval/humaneval | 2 | 50.0 | 50.0 |" in view
+    assert (result.out_dir / "evalplus/coding/humaneval/humaneval/samples.jsonl").is_file()
+
+
+def test_a_missing_humaneval_plus_file_fails_before_generation(tmp_path):
+    from openchat_core.evaluation.runner import run_generation_eval
+    from tests.unit.eval_models import save_tiny_checkpoint
+
+    class NeverCalled:
+        name = "never"
+
+        def generate(self, prompts, max_new_tokens):
+            raise AssertionError("generation started before the HumanEvalPlus file was checked")
+
+    with pytest.raises(HumanEvalPlusError, match="--humaneval-plus PATH.*missing.jsonl is not a file"):
+        run_generation_eval(save_tiny_checkpoint(tmp_path / "ckpt"), ROOT, out_dir=tmp_path / "out", engine=NeverCalled(),
+                            coding=CodingOptions(humaneval_plus=tmp_path / "missing.jsonl"))
