@@ -186,9 +186,9 @@ def _sandbox_processes() -> list[int]:
 
 def test_runner_scores_coding_answers_and_reports_pass_at_1(tmp_path):
     from openchat_core.evaluation.runner import run_generation_eval
+    from openchat_core.evaluation.summary import coding_type_scores
     from openchat_core.evaluation.view import load_runs, render_markdown
     from openchat_core.templates.tokenizers import load_tokenizer
-    from tasks.evaluate import summary_metrics
     from tests.unit.eval_models import save_tiny_checkpoint
     from tests.unit.test_eval_runner import ScriptedGenerator
 
@@ -205,8 +205,7 @@ def test_runner_scores_coding_answers_and_reports_pass_at_1(tmp_path):
     score = result.summary.coding["coding/humaneval/humaneval"]
     assert (score.n, score.pass1_base, score.pass1_plus) == (2, 0.5, 0.5)
     assert result.summary.task_types["coding/humaneval"].accuracy == 0.5
-    assert summary_metrics(result.summary) == {"gen/accuracy": 0.5, "gen/unmatched": 0.5, "gen/coding/humaneval/accuracy": 0.5,
-                                               "gen/coding/humaneval/pass1_base": 0.5, "gen/coding/humaneval/pass1_plus": 0.5}
+    assert coding_type_scores(result.summary) == {"coding/humaneval": {"pass1_base": 0.5, "pass1_plus": 0.5}}  # MLflow: gen/<type>/<key>
     view = render_markdown(load_runs([result.out_dir]))
     assert "| out | coding/humaneval/humaneval | 2 | 50.0 | 50.0 |" in view
     assert (result.out_dir / "evalplus/coding/humaneval/humaneval/samples.jsonl").is_file()
@@ -225,3 +224,14 @@ def test_a_missing_humaneval_plus_file_fails_before_generation(tmp_path):
     with pytest.raises(HumanEvalPlusError, match="--humaneval-plus PATH.*missing.jsonl is not a file"):
         run_generation_eval(save_tiny_checkpoint(tmp_path / "ckpt"), ROOT, out_dir=tmp_path / "out", engine=NeverCalled(),
                             coding=CodingOptions(humaneval_plus=tmp_path / "missing.jsonl"))
+
+
+def test_without_evalplus_the_error_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    from openchat_core.evaluation.coding.scoring import EvalPlusMissingError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "evalplus" else real(name, *a))
+    with pytest.raises(EvalPlusMissingError, match="pip install --no-deps evalplus==0.3.1"):
+        resolve_problems([ADD], CodingOptions())

@@ -7,6 +7,7 @@ EvalPlus reports them. Problems run in parallel sandboxes (`workers`), each in i
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -42,8 +43,18 @@ class CodingOptions:
                            "per_test_s": self.limits.per_test_s}}
 
 
+class EvalPlusMissingError(ValueError):
+    """The `evalplus` package, which the sandbox worker runs the tests with, is not installed."""
+
+
 def resolve_problems(metas: Sequence[Mapping[str, Any]], options: CodingOptions) -> list[dict[str, Any]]:
-    """Each row's problem, replaced by the HumanEvalPlus file's when one is configured (read once)."""
+    """Each row's problem, replaced by the HumanEvalPlus file's when one is configured (read once).
+
+    Also checks that evalplus is importable, so a missing package stops the run before generation.
+    """
+    if importlib.util.find_spec("evalplus") is None:
+        raise EvalPlusMissingError("coding eval needs the evalplus package: pip install --no-deps evalplus==0.3.1 "
+                                   "appdirs==1.4.4 tempdir==0.7.1 wget==3.2 (requirements/offline-assets.txt, pipeline.txt)")
     overrides = load_humaneval_plus(options.humaneval_plus) if options.humaneval_plus else None
     return [resolve_problem(meta, overrides) for meta in metas]
 
