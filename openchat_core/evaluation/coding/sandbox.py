@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,8 @@ _TAIL = 2000
 class SandboxLimits:
     """Per-problem limits. `timeout_s` is wall time for the whole problem (process start + reference + tests)."""
 
-    timeout_s: float = 20.0
-    memory_mb: int = 1024
+    timeout_s: float = 60.0  # EvalPlus's own per-task cap (EVALPLUS_TIMEOUT_PER_TASK)
+    memory_mb: int = 2048
     max_processes: int = 32
     file_mb: int = 16
     per_test_s: float = 10.0  # HumanEval's check() as one test (HumanEval+ inputs get EvalPlus's own limits)
@@ -77,9 +78,12 @@ def _child_env(scratch: Path, limits: SandboxLimits) -> dict[str, str]:
 def _prepare_scratch(parent: Path | None, uid: int | None) -> Path:
     scratch = Path(tempfile.mkdtemp(prefix="openchat-code-", dir=parent))
     (scratch / "tmp").mkdir()
-    if uid is not None:
-        for path in (scratch, scratch / "tmp"):
-            os.chown(path, uid, uid)
+    for path in (scratch, scratch / "tmp"):
+        try:
+            if uid is not None:
+                os.chown(path, uid, uid)
+        except OSError:  # a filesystem that refuses unmapped ids: let the sandbox uid write by mode instead
+            os.chmod(path, 0o777)
     return scratch
 
 
@@ -93,8 +97,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def run_job(job: dict[str, Any], limits: SandboxLimits, *, scratch_parent: Path | None = None) -> SandboxOutcome:
     """Run `job` (code, entry_point, and HumanEval `test` or HumanEval+ inputs) in a fresh sandbox."""
-    import time
-
     uid = SANDBOX_UID_BASE + secrets.randbelow(2**20) if os.geteuid() == 0 else None
     scratch = _prepare_scratch(scratch_parent, uid)
     try:
@@ -110,7 +112,7 @@ def run_job(job: dict[str, Any], limits: SandboxLimits, *, scratch_parent: Path 
                 proc.wait(timeout=limits.timeout_s)
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
-                return SandboxOutcome("timeout", "timeout" if "plus_input" in job and job["plus_input"] is not None else None,
+                return SandboxOutcome("timeout", "timeout" if job.get("plus_input") is not None else None,
                                       f"killed after the {limits.timeout_s:g} s per-problem time limit",
                                       wall_s=round(time.monotonic() - started, 3))
             _kill_group(proc)  # anything left in its process group
