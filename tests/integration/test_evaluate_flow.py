@@ -20,6 +20,14 @@ def _config(tmp_path, demo_data_dir, **eval_settings):
                         eval={"primary_metric": "eval/loss", "direction": "minimize", **eval_settings})
 
 
+def _with_coding(tmp_path, demo_data_dir):
+    """The demo eval sets plus two real coding/humaneval rows (tests/fixtures/coding)."""
+    eval_data = tmp_path / "eval_data"
+    shutil.copytree(demo_data_dir / "eval_data", eval_data)
+    shutil.copytree(ROOT / "tests/fixtures/coding/eval_data/coding", eval_data / "coding")
+    return eval_data
+
+
 def _artifact_keys():
     from prefect.client.orchestration import get_client
 
@@ -36,7 +44,7 @@ def test_epochs_are_evaluated_best_registered_and_promoted_then_rerun_is_idempot
     from flows.evaluate import evaluate_and_promote_flow
     from openchat_core.registry.store import ModelRegistry
 
-    config = _config(tmp_path, demo_data_dir)
+    config = _config(tmp_path, demo_data_dir, eval_data=str(_with_coding(tmp_path, demo_data_dir)), eval_sets=["demo", "coding"])
     out = evaluate_and_promote_flow(config)
     losses = {e.epoch: e.metrics["eval/loss"] for e in out.evals}
     assert sorted(losses) == [0, 1] and all("gen/accuracy" in e.metrics and "gen/demo/exact/accuracy" in e.metrics for e in out.evals)
@@ -54,7 +62,8 @@ def test_epochs_are_evaluated_best_registered_and_promoted_then_rerun_is_idempot
 
     client = MlflowClient(uri)
     train_run = client.search_runs([client.get_experiment_by_name("evaltest").experiment_id], "attributes.run_name = 'train'")[0]
-    assert [m.step for m in client.get_metric_history(train_run.info.run_id, "gen/accuracy")] == [0, 1]  # step = epoch
+    for metric in ("gen/accuracy", "gen/coding/humaneval/pass1_base", "gen/coding/humaneval/pass1_plus"):
+        assert [m.step for m in client.get_metric_history(train_run.info.run_id, metric)] == [0, 1], metric  # step = epoch
     assert {"epoch-metrics", "promotion-decision"} <= _artifact_keys()
 
     again = evaluate_and_promote_flow(config)
@@ -82,12 +91,9 @@ def test_coding_pass_at_1_is_an_epoch_metric_and_picks_the_epoch(prefect_harness
     from openchat_core.registry.store import ModelRegistry
     from tests.unit.eval_models import save_tiny_checkpoint
 
-    eval_data = tmp_path / "eval_data"
-    shutil.copytree(demo_data_dir / "eval_data", eval_data)
-    shutil.copytree(ROOT / "tests/fixtures/coding/eval_data/coding", eval_data / "coding")
     metric = "gen/coding/humaneval/pass1_plus"
-    config = _config(tmp_path, demo_data_dir, eval_data=str(eval_data), eval_sets=["demo", "coding"], primary_metric=metric,
-                     direction="maximize", code_timeout_s=30)
+    config = _config(tmp_path, demo_data_dir, eval_data=str(_with_coding(tmp_path, demo_data_dir)), eval_sets=["demo", "coding"],
+                     primary_metric=metric, direction="maximize", code_timeout_s=30)
     first = save_tiny_checkpoint(tmp_path / "ckpts" / "ep_0")  # evaluate given checkpoints: no training needed here
     second = shutil.copytree(first, tmp_path / "ckpts" / "ep_1")
     (second / "openchat.json").write_text((second / "openchat.json").read_text().replace('"epoch": 0', '"epoch": 1'))
@@ -98,7 +104,6 @@ def test_coding_pass_at_1_is_an_epoch_metric_and_picks_the_epoch(prefect_harness
     assert out.registration.metric == metric
     assert out.registration.epoch == 1  # the random model passes nothing in either epoch: the tie goes to the later one
 
-    # per-epoch logging to the training run is the same code for every gen/ metric (see the first test);
-    # here: the registered version records the coding metric it was chosen on
+    # per-epoch MLflow history of the coding metrics: the first test; here: the version records the metric it was chosen on
     version = ModelRegistry(f"sqlite:///{tmp_path}/store/mlflow.db", "evaltest").version(out.registration.version)
     assert float(version.tags[f"openchat.metric.{metric}"]) == out.evals[1].metrics[metric]
