@@ -110,21 +110,8 @@ def test_a_local_humaneval_plus_file_replaces_the_rows_problems(tmp_path):
         load_humaneval_plus(tmp_path / "bad.jsonl")
 
 
-def _evalplus_data_utils():
-    """evalplus.data.utils, loaded by path: `evalplus.data/__init__` imports `datasets` (for EvalPerf), which
-    the pipeline does not install; the functions evalplus.evaluate reads samples and problems with live here."""
-    import importlib.util
-
-    path = Path(importlib.util.find_spec("evalplus").origin).parent / "data" / "utils.py"
-    spec = importlib.util.spec_from_file_location("evalplus_data_utils", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_evalplus_samples_export_reads_back_with_evalplus(tmp_path):
-    utils = _evalplus_data_utils()
-    completeness_check, load_solutions, stream_jsonl = utils.completeness_check, utils.load_solutions, utils.stream_jsonl
+    from evalplus.data.utils import completeness_check, load_solutions, stream_jsonl
 
     solutions = [ADD["prompt"] + ADD["canonical_solution"], "def triangle_area(a, h):\n    return 0\n"]
     samples = write_evalplus_samples(tmp_path, "coding/humaneval/humaneval", [ADD, TRIANGLE], solutions)
