@@ -12,10 +12,11 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from flows.data import layout_for, run_data_stages
+from flows.data import run_data_stages
 from openchat_core.config import PipelineConfig, load_config
 from openchat_core.training.checkpoint import read_checkpoint
 from tasks.evaluate import EpochEval, Registration, eval_key, evaluate_epoch_task, promote_task, publish_epoch_table, register_best_task
+from tasks.outputs import layout_for
 from tasks.tracking import TrackingContext, flow_run, prefect_tags
 from tasks.train import EpochCheckpoint, TrainOutput
 

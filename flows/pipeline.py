@@ -17,7 +17,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from flows.data import DataOutputs, layout_for, run_data_stages
+from flows.data import run_data_stages
 from flows.evaluate import PromotionOutput, run_evaluate_and_promote
 from openchat_core.config import PipelineConfig, load_config
 from openchat_core.digest import text_digest
@@ -25,6 +25,7 @@ from openchat_core.markdown import markdown_table
 from tasks.common import publish_markdown
 from tasks.data import track_data_task
 from tasks.deploy import deploy_task
+from tasks.outputs import DataOutputs, layout_for
 from tasks.tracking import TrackingContext, flow_run, prefect_tags
 from tasks.train import TrainOutput, train_task
 

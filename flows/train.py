@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.data import layout_for, run_data_stages
+from flows.data import run_data_stages
 from openchat_core.config import PipelineConfig, load_config
 from openchat_core.digest import file_digest
+from tasks.outputs import layout_for
 from tasks.tracking import TrackingContext, flow_run
 from tasks.train import TrainOutput, train_task
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
+from openchat_core.config import PipelineConfig
 from openchat_core.data.pretokenize import pretokenize_file
 from openchat_core.data.validate import RejectedFractionExceeded, validate_files
 from openchat_core.data.weights import WeightPolicy, assign_weights_file, condition_table
@@ -22,7 +23,9 @@ from openchat_core.templates.conversation import TemplateSpec
 from openchat_core.templates.model_types import get_model_type
 from openchat_core.templates.tokenizers import load_tokenizer, tokenizer_fingerprint
 from storage import StorageLayout
-from tasks.common import StageOutput, md_table, publish_markdown, publish_table, retry_on_io_errors
+from tasks.common import md_table, publish_markdown, publish_table, retry_on_io_errors
+from tasks.outputs import DataOutputs, StageOutput
+from tasks.tracking import TrackingContext
 
 # Bump when a stage's output format or rules change, so old cached folders are not reused.
 VALIDATE_VERSION = "1"
@@ -124,7 +127,7 @@ def pretokenize_task(layout: StorageLayout, weighted: StageOutput, model_type: s
 
 
 @task(name="track-data", cache_policy=NONE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io_errors)
-def track_data_task(tracking, data, cfg) -> str:  # noqa: ANN001 - TrackingContext, DataOutputs, PipelineConfig (flows import this module)
+def track_data_task(tracking: TrackingContext, data: DataOutputs, cfg: PipelineConfig) -> str:
     """The data stage's MLflow run: settings, counts, reports, a quarantine sample, and dataset lineage with digests."""
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
