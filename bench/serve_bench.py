@@ -127,9 +127,9 @@ def start_vllm_server(python: Path, model_dir: Path, port: int, max_model_len: i
 
 
 def build_model(out: Path, preset: str) -> Path:
-    from openchat_core.training.checkpoint import save_checkpoint
-    from openchat_core.training.model_factory import load_base_model
-    from openchat_core.training.presets import MODEL_PRESETS
+    from openchat_core.models.checkpoint import save_checkpoint
+    from openchat_core.models.model_factory import load_base_model
+    from openchat_core.models.presets import MODEL_PRESETS
 
     model, tokenizer = load_base_model(f"preset:{preset}")
     return save_checkpoint(out / preset, model, tokenizer, MODEL_PRESETS[preset].model_type)

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from flows.data import run_data_stages
 from openchat_core.config import PipelineConfig, load_config
-from openchat_core.training.checkpoint import read_checkpoint
+from openchat_core.models.checkpoint import read_checkpoint
 from tasks.evaluate import EpochEval, Registration, eval_key, evaluate_epoch_task, promote_task, publish_epoch_table, register_best_task
 from tasks.outputs import layout_for
 from tasks.tracking import TrackingContext, flow_run, prefect_tags

@@ -167,7 +167,9 @@ class PipelineConfig(Section):
 
     @property
     def tokenizer_source(self) -> str:
-        return self.tokenize.tokenizer or self.model.base
+        from openchat_core.models.presets import tokenizer_source
+
+        return tokenizer_source(self.tokenize.tokenizer or self.model.base)
 
     @property
     def registered_model_name(self) -> str:

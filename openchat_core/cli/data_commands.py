@@ -98,10 +98,11 @@ def pretokenize(
     """
     from openchat_core.data.pretokenize import PretokenizeInputError, pretokenize_file
     from openchat_core.templates.conversation import MissingSpecialTokenError, TemplateSpec
+    from openchat_core.models.presets import tokenizer_source
     from openchat_core.templates.tokenizers import load_tokenizer, tokenizer_fingerprint
 
     try:
-        tokenizer = load_tokenizer(model_path)
+        tokenizer = load_tokenizer(tokenizer_source(model_path))
         spec = TemplateSpec.from_tokenizer(model_type, tokenizer)
         report = pretokenize_file(input_path, out, spec, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
                                   per_sequence_loss=per_sequence_loss, workers=workers, batch_rows=batch_rows)

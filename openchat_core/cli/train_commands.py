@@ -78,7 +78,7 @@ def add_special_tokens_command(
     Example: openchat add-special-tokens --model-path ./Mistral-7B-v0.1 --out ./Mistral-7B-eot --model-type openchat_3.5
     """
     from openchat_core.templates.model_types import get_model_type
-    from openchat_core.training.model_factory import add_special_tokens, load_base_model
+    from openchat_core.models.model_factory import add_special_tokens, load_base_model
 
     try:
         mt = get_model_type(model_type)

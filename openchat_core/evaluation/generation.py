@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from openchat_core.models.checkpoint import context_limit  # noqa: F401
 from openchat_core.serve_env import SERVE_PYTHON_ENV, find_serve_python  # noqa: F401 - part of this module's interface
 from openchat_core.serve_env import repo_root as package_root  # noqa: F401
-from openchat_core.training.checkpoint import context_limit  # noqa: F401
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -75,19 +75,6 @@ def check_generate_args(prompts: Sequence[Sequence[int]], max_new_tokens: int) -
     for i, prompt in enumerate(prompts):
         if len(prompt) == 0:
             raise ValueError(f"prompt {i} is empty; prompts are token ids from ConversationTemplate.prompt_ids")
-
-
-def resolve_model_type(model_dir: Path | str, model_type: str | None = None) -> str:
-    """The checkpoint's model type (from `openchat.json`), unless given explicitly (for plain HF folders)."""
-    if model_type:
-        return model_type
-    from openchat_core.training.checkpoint import METADATA_FILE, read_checkpoint
-
-    path = Path(model_dir)
-    if not (path / METADATA_FILE).is_file():
-        raise FileNotFoundError(f"{path} has no {METADATA_FILE}, so its model type (prompt format, EOT) is unknown; "
-                                f"pass model_type=... (e.g. 'openchat_3.5') for a plain Hugging Face folder")
-    return read_checkpoint(path).model_type
 
 
 def stop_token_ids_for(tokenizer: PreTrainedTokenizerBase, model_type: str) -> list[int]:

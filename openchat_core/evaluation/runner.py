@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from openchat_core.evaluation.eval_data import EvalData, EvalDataIssue, EvalQuestion, load_eval_data
-from openchat_core.evaluation.generation import Generation, Generator, context_limit, make_generator, resolve_model_type
+from openchat_core.evaluation.generation import Generation, Generator, make_generator
 from openchat_core.evaluation.summary import EvalSummary, QuestionResult, aggregate, finish_reason_counts
 from openchat_core.evaluation.task_types import get_task_type
+from openchat_core.models.checkpoint import checkpoint_model_type, context_limit
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -138,7 +139,7 @@ def run_generation_eval(model_dir: Path | str, eval_data_root: Path | str, eval_
     started = time.perf_counter()
     model_path = Path(model_dir)
     out = Path(out_dir)
-    mtype = resolve_model_type(model_path, model_type)
+    mtype = checkpoint_model_type(model_path, model_type).name
     limit = context_limit(model_path, mtype)
     if max_new_tokens >= limit:
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the {limit}-token context")

@@ -209,15 +209,10 @@ def tokenizer_preset_dir(name: str) -> Path:
 
 
 def resolve_tokenizer_dir(path_or_preset: str | os.PathLike[str]) -> Path:
-    """A local tokenizer/model folder, or the cached folder of `preset:NAME`."""
+    """A local tokenizer/model folder, or the cached folder of tokenizer preset `preset:NAME` (model presets: models.presets.tokenizer_source)."""
     text = str(path_or_preset)
     if is_preset(text):
-        name = text[len(PRESET_PREFIX):]
-        from openchat_core.training.presets import MODEL_PRESETS  # model presets name their tokenizer
-
-        if name in MODEL_PRESETS:
-            name = MODEL_PRESETS[name].tokenizer
-        return tokenizer_preset_dir(name)
+        return tokenizer_preset_dir(text[len(PRESET_PREFIX):])
     path = Path(text).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from openchat_core.models.checkpoint import epoch_checkpoint_dir, save_checkpoint
 from openchat_core.templates.conversation import MissingSpecialTokenError, check_special_tokens
 from openchat_core.templates.model_types import get_model_type
 from openchat_core.tracking import MlflowTracker, NullTracker, Tracker
-from openchat_core.training.checkpoint import epoch_checkpoint_dir, save_checkpoint
 from openchat_core.training.data import TokenDataset, sequential_batches
 from openchat_core.training.loss import weighted_sums
 from openchat_core.training.sampler import MultipackSampler
@@ -96,7 +96,7 @@ class Trainer:
                  + (f"; {len(self.dataset.truncated)} sequences truncated to {t.batch_max_len}" if len(self.dataset.truncated) else ""))
 
     def _setup_model(self) -> None:
-        from openchat_core.training.model_factory import add_special_tokens, load_base_model
+        from openchat_core.models.model_factory import add_special_tokens, load_base_model
 
         m = self.cfg.model
         attn = None if m.attn_implementation == "auto" else m.attn_implementation

@@ -66,8 +66,8 @@ def _head16_model():
     from dataclasses import replace
 
     from openchat_core.templates.tokenizers import load_tokenizer
-    from openchat_core.training.model_factory import build_random_model
-    from openchat_core.training.presets import MODEL_PRESETS
+    from openchat_core.models.model_factory import build_random_model
+    from openchat_core.models.presets import MODEL_PRESETS
 
     preset = MODEL_PRESETS["tiny-llama3"]
     preset = replace(preset, architecture={**preset.architecture, "hidden_size": 64, "intermediate_size": 192,
@@ -82,8 +82,8 @@ def _head16_model():
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Two tiny-mistral checkpoints (head_dim 32: vLLM's CPU attention supports it), a corrupted copy, and a
     head_dim-16 one (vLLM starts it, then fails on the first request)."""
-    from openchat_core.training.checkpoint import save_checkpoint
-    from openchat_core.training.model_factory import load_base_model
+    from openchat_core.models.checkpoint import save_checkpoint
+    from openchat_core.models.model_factory import load_base_model
 
     root = tmp_path_factory.mktemp("serving-models")
     out = {}

@@ -8,6 +8,7 @@ import pytest
 
 from openchat_core.evaluation import generation
 from openchat_core.evaluation.generation import Generation, Generator, cut_at_stop, make_generator
+from openchat_core.models.checkpoint import checkpoint_model_type
 from tests.unit.eval_models import save_tiny_checkpoint
 
 
@@ -132,8 +133,8 @@ def test_argument_errors(engine, checkpoint):
 def test_plain_folder_needs_a_model_type(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="model_type="):
-        generation.resolve_model_type(tmp_path)
-    assert generation.resolve_model_type(tmp_path, "openchat_3.6") == "openchat_3.6"
+        checkpoint_model_type(tmp_path)
+    assert checkpoint_model_type(tmp_path, "openchat_3.6").name == "openchat_3.6"
 
 
 def test_context_limit_is_capped_by_position_embeddings(tmp_path, checkpoint):

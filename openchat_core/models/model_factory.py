@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from openchat_core.models.presets import MODEL_PRESETS, ModelPreset
 from openchat_core.templates.tokenizers import PRESET_PREFIX, cache_root, is_preset, load_tokenizer, smollm2_gguf_path
-from openchat_core.training.presets import MODEL_PRESETS, ModelPreset
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +35,7 @@ def default_attn_implementation(training: bool = True) -> str:
 
 def _prepare_attention(name: str) -> str:
     if name == "sdpa_varlen":
-        from openchat_core.training.varlen_attention import register
+        from openchat_core.models.varlen_attention import register
 
         register()
     return name
