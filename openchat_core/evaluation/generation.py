@@ -12,26 +12,21 @@ Shared rules, so the engines are interchangeable and comparable:
   `skip_special_tokens=True`, by the same function for both engines, so identical ids always
   give identical text (vLLM's incremental detokenizer runs under another transformers version).
 
-Engines: `TransformersGenerator` (in-process, `hf_generator.py`) and `VLLMGenerator` (vLLM's
-offline engine in the serving environment, through a subprocess worker, `vllm_generator.py`).
+Engines: `TransformersGenerator` (in-process, `transformers_generator.py`) and `VLLMGenerator` (vLLM's
+offline engine in the serving environment, through a subprocess worker, `vllm_generator.py`);
+`generators.make_generator` picks one. The engines import this module, never the other way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
-
-from openchat_core.models.checkpoint import context_limit  # noqa: F401
-from openchat_core.serve_env import SERVE_PYTHON_ENV, find_serve_python  # noqa: F401 - part of this module's interface
-from openchat_core.serve_env import repo_root as package_root  # noqa: F401
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 FinishReason = Literal["stop", "length"]
-EngineKind = Literal["auto", "vllm", "transformers"]
 
 
 @dataclass(frozen=True)
@@ -82,22 +77,3 @@ def stop_token_ids_for(tokenizer: PreTrainedTokenizerBase, model_type: str) -> l
     from openchat_core.templates.conversation import TemplateSpec
 
     return list(TemplateSpec.from_tokenizer(model_type, tokenizer).eot_ids)
-
-
-def make_generator(kind: EngineKind | str, model_dir: Path | str, **options: Any) -> Generator:
-    """An engine for a checkpoint. `auto`: vLLM when the serving environment exists, else transformers.
-
-    `options` go to the engine's constructor (`stop_token_ids`, `model_type`, `dtype`, and
-    engine-specific ones such as `batch_size` or `max_model_len`).
-    """
-    if kind == "auto":
-        kind = "vllm" if find_serve_python() is not None else "transformers"
-    if kind == "vllm":
-        from openchat_core.evaluation.vllm_generator import VLLMGenerator
-
-        return VLLMGenerator(model_dir, **options)
-    if kind == "transformers":
-        from openchat_core.evaluation.hf_generator import TransformersGenerator
-
-        return TransformersGenerator.from_checkpoint(model_dir, **options)
-    raise ValueError(f"unknown engine {kind!r}; use 'auto', 'vllm' or 'transformers'")

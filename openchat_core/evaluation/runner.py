@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from openchat_core.evaluation.eval_data import EvalData, EvalDataIssue, EvalQuestion, load_eval_data
-from openchat_core.evaluation.generation import Generation, Generator, make_generator
+from openchat_core.evaluation.generation import Generation, Generator
+from openchat_core.evaluation.generators import make_generator
 from openchat_core.evaluation.summary import EvalSummary, QuestionResult, aggregate, finish_reason_counts
 from openchat_core.evaluation.task_types import get_task_type
 from openchat_core.models.checkpoint import checkpoint_model_type, context_limit

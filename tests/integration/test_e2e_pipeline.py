@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from openchat_core.evaluation.generation import find_serve_python
+from openchat_core.serve_env import find_serve_python
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
