@@ -32,7 +32,7 @@ class StorageConfig(Section):
 
 
 class TrackingConfig(Section):
-    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<storage.root>/mlflow.db")
+    uri: str | None = Field(None, description="MLflow tracking URI; default: the store in the storage root (<storage.root>/mlflow.db)")
     experiment: str | None = Field(None, description="MLflow experiment; default: the pipeline name")
 
 
@@ -120,7 +120,7 @@ class EvalConfig(Section):
     eval_data: str | None = Field(None, description="root of eval sets (<root>/<task_type>/<task>.jsonl)")
     eval_sets: list[str] = Field(default_factory=list, description="task-name prefixes; empty = all under eval_data")
     engine: Literal["auto", "vllm", "transformers"] = "auto"
-    max_new_tokens: int = Field(64, ge=1)
+    max_new_tokens: int = Field(512, ge=1, description="answer length cap per question (OpenChat's eval uses 512)")
     limit_per_task: int | None = Field(None, ge=1, description="evaluate only the first N questions of each task (quick runs)")
     primary_metric: str = Field("eval/loss", description="metric that picks the best epoch, e.g. eval/loss or gen/accuracy")
     direction: Literal["minimize", "maximize"] = "minimize"

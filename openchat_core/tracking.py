@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -45,11 +46,14 @@ class NullTracker:
         pass
 
 
+def local_tracking_uri(folder: str | Path) -> str:
+    """The MLflow store kept in a local folder: `sqlite:///<folder>/mlflow.db` (tracking and registry in one file)."""
+    return f"sqlite:///{folder}/mlflow.db"
+
+
 def default_artifact_location(tracking_uri: str) -> str | None:
     """Artifacts beside a sqlite store (`<db folder>/mlartifacts`), not in `./mlruns` of whatever the working directory is."""
     if tracking_uri.startswith("sqlite:///"):
-        from pathlib import Path
-
         return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
     return None
 

@@ -37,7 +37,6 @@ RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
 ISSUES_FILE = "data_issues.jsonl"
 TIMINGS_FILE = "timings.json"
-DEFAULT_MAX_NEW_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -124,7 +123,7 @@ def _notes(data: EvalData, results: Sequence[QuestionResult], truncated: int, ma
 
 def run_generation_eval(model_dir: Path | str, eval_data_root: Path | str, eval_sets: Sequence[str] = (), *,
                         out_dir: Path | str, condition: str = "", system: str = "",
-                        engine: str | Generator = "auto", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                        engine: str | Generator = "auto", max_new_tokens: int,
                         limit_per_task: int | None = None, model_type: str | None = None,
                         strict_data: bool = False, engine_options: dict[str, Any] | None = None) -> EvalResult:
     """Evaluate a checkpoint on the selected eval sets and write the results folder (see module docstring).
