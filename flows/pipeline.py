@@ -100,10 +100,10 @@ def run_pipeline(cfg: PipelineConfig, *, deploy: bool | None = None, skip_if_unc
     with flow_run(base, "pipeline", prefect_tags()) as tracking:
         _tag_flow_run_with_mlflow(tracking.parent_run_id, tracking)
         track_data_task(tracking, data, cfg)
-        heldout_file = data.eval.tokens_file if data.eval else None
-        heldout_key = data.eval.tokens.key if data.eval else None
-        train: TrainOutput = train_task(layout, data.train.tokens_file, data.train.tokens.key, heldout_file, heldout_key, cfg, tracking)
-        promotion: PromotionOutput = run_evaluate_and_promote(cfg, tracking, train, heldout_file, heldout_key, data.train.tokens.key)
+        train: TrainOutput = train_task(layout, data.train.tokens_file, data.train.tokens.key, data.heldout_file, data.heldout_key, cfg,
+                                        tracking)
+        promotion: PromotionOutput = run_evaluate_and_promote(cfg, tracking, train, data.heldout_file, data.heldout_key,
+                                                              data.train.tokens.key)
         deployment = None
         if deploy if deploy is not None else cfg.serve.enabled:
             deployment = deploy_task(cfg, tracking, layout)

@@ -25,8 +25,7 @@ def run_train_stage(cfg: PipelineConfig, tracking: TrackingContext, tokens_path:
     else:
         data = run_data_stages(cfg)
         tokens_file, tokens_key = data.train.tokens_file, data.train.tokens.key
-        eval_file = data.eval.tokens_file if data.eval else None
-        eval_key = data.eval.tokens.key if data.eval else None
+        eval_file, eval_key = data.heldout_file, data.heldout_key
     return train_task(layout, tokens_file, tokens_key, eval_file, eval_key, cfg, tracking)
 
 

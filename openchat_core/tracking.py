@@ -118,12 +118,22 @@ class MlflowTracker:
             self.client.set_tag(self.run_id, key, str(value))
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
-        from pathlib import Path
-
         if Path(path).is_dir():
             self.client.log_artifacts(self.run_id, path, artifact_path)
         else:
             self.client.log_artifact(self.run_id, path, artifact_path)
+
+    def log_dataset(self, path: Path | str, name: str, digest: str, context: str, tags: Mapping[str, str] | None = None) -> None:
+        """Record a data file as this run's input (MLflow dataset lineage: source URI, name, content digest)."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        dataset = MetaDataset(source=resolve_dataset_source(Path(path).resolve().as_uri()), name=name, digest=digest)
+        input_tags = [InputTag(key=k, value=v) for k, v in (tags or {}).items()] + [InputTag(key=MLFLOW_DATASET_CONTEXT, value=context)]
+        # what mlflow.log_input sends, without its global "active run" state
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=input_tags)])
 
     def flush(self) -> None:
         if self._pending:

@@ -129,14 +129,9 @@ def pretokenize_task(layout: StorageLayout, weighted: StageOutput, model_type: s
 @task(name="track-data", cache_policy=NONE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io_errors)
 def track_data_task(tracking: TrackingContext, data: DataOutputs, cfg: PipelineConfig) -> str:
     """The data stage's MLflow run: settings, counts, reports, a quarantine sample, and dataset lineage with digests."""
-    import mlflow
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
-    run_id = tracking.start_run("data", {"openchat.stage": "data"})
-    client = tracking.client()
     from openchat_core.tracking import MlflowTracker
 
+    run_id = tracking.start_run("data", {"openchat.stage": "data"})
     tracker = MlflowTracker(tracking.uri, run_id=run_id)
     tracker.log_params({"weights": cfg.weights.model_dump(), "tokenize": cfg.tokenize.model_dump(), "data": cfg.data.model_dump()})
     metrics = {}
@@ -161,15 +156,11 @@ def track_data_task(tracking: TrackingContext, data: DataOutputs, cfg: PipelineC
         if sample:
             tracker.log_artifact(str(sample_file), f"{name}/validate")
     tracker.log_metrics(metrics, step=0)
-    tracker.flush()
-    mlflow.set_tracking_uri(tracking.uri)
-    with mlflow.start_run(run_id=run_id):
-        for name, split in splits:
-            if split is None:
-                continue
-            for stage, context in ((split.validated, "validated"), (split.tokens, "pretokenized")):
-                target = Path(stage.path) / ("conversations.parquet" if stage.stage == "validate" else "tokens.parquet")
-                dataset = MetaDataset(source=resolve_dataset_source(target.resolve().as_uri()), name=f"{name}-{context}", digest=stage.key)
-                mlflow.log_input(dataset, context=name, tags={"openchat.stage": stage.stage})
-    client.set_terminated(run_id, "FINISHED")
+    for name, split in splits:
+        if split is None:
+            continue
+        for stage, context in ((split.validated, "validated"), (split.tokens, "pretokenized")):
+            target = Path(stage.path) / ("conversations.parquet" if stage.stage == "validate" else "tokens.parquet")
+            tracker.log_dataset(target, f"{name}-{context}", stage.key, context=name, tags={"openchat.stage": stage.stage})
+    tracker.close()
     return run_id

@@ -43,6 +43,16 @@ class DataOutputs(BaseModel):
         splits = [s for s in (self.train, self.eval) if s is not None]
         return all(o.cached for s in splits for o in (s.validated, s.weighted, s.tokens))
 
+    @property
+    def heldout_file(self) -> str | None:
+        """The pretokenized held-out data that training and evaluation measure loss on (None without eval data)."""
+        return self.eval.tokens_file if self.eval else None
+
+    @property
+    def heldout_key(self) -> str | None:
+        """The held-out data's content key (part of the train and eval cache keys)."""
+        return self.eval.tokens.key if self.eval else None
+
 
 def layout_for(cfg: PipelineConfig) -> StorageLayout:
     """The config's storage layout: a URL root as given, a local root relative to the config file."""
