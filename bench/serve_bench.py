@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from openchat_core.ports import free_port  # noqa: E402
 from openchat_core.serving.deploy import deploy_model, serve_python, server_env, stop_server  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write a short story about a robot learning to paint."}]
@@ -80,12 +80,6 @@ class LevelResult:
     def pct(self, q: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def run_level(url: str, model: str, concurrency: int, total: int, max_tokens: int, server: str) -> LevelResult:

@@ -16,7 +16,8 @@ from typing import Annotated
 import typer
 
 from openchat_cli.prefect_env import prepare_prefect_home
-from openchat_core.cli.output import fail, table
+from openchat_core.cli.output import fail
+from openchat_core.markdown import markdown_table
 
 STAGES = ("pipeline", "data", "train", "evaluate")
 
@@ -59,7 +60,7 @@ def run(
         from flows.train import train_flow
 
         out = train_flow(config, overrides or [])
-        typer.echo(table([{"epoch": c.epoch, **{k: round(v, 4) for k, v in c.metrics.items()}, "checkpoint": c.path} for c in out.checkpoints]))
+        typer.echo(markdown_table([{"epoch": c.epoch, **{k: round(v, 4) for k, v in c.metrics.items()}, "checkpoint": c.path} for c in out.checkpoints]))
         return
     if only == "evaluate":
         from flows.evaluate import evaluate_and_promote_flow
@@ -89,7 +90,7 @@ def data(
             continue
         for stage in (split.validated, split.weighted, split.tokens):
             rows.append({"split": split_name, "stage": stage.stage, "cached": stage.cached, "output": stage.path})
-    typer.echo(table(rows))
+    typer.echo(markdown_table(rows))
 
 
 def demo(

@@ -15,7 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from openchat_core.data.rules import DEFAULT_MAX_LINE_BYTES
 from openchat_core.data.weights import WeightPolicy
+from openchat_core.serving.settings import DEFAULT_PORT
 from openchat_core.templates.model_types import canonical_model_type_name
 
 
@@ -40,7 +42,7 @@ class DataConfig(Section):
     train: list[str] = Field(description="training JSONL files (globs allowed)")
     eval: list[str] = Field(default_factory=list, description="held-out JSONL for eval loss (globs allowed)")
     max_rejected_fraction: float | None = Field(None, ge=0, le=1, description="fail validation above this rejected share")
-    max_line_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    max_line_bytes: int = Field(DEFAULT_MAX_LINE_BYTES, gt=0, description="lines longer than this are rejected without being loaded")
 
     @field_validator("train")
     @classmethod
@@ -135,7 +137,7 @@ class RegistryConfig(Section):
 class ServeConfig(Section):
     enabled: bool = Field(True, description="deploy the champion at the end of the pipeline")
     host: str = "127.0.0.1"
-    port: int = Field(18888, ge=1, le=65535)
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
     engine: Literal["auto", "vllm", "transformers"] = Field("auto", description="auto: vLLM when the serving env has it")
     api_keys_env: str | None = Field(None, description="name of an env var holding comma-separated API keys (never put keys in YAML)")
     smoke_prompt: str = "Hello!"

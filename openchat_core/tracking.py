@@ -58,12 +58,13 @@ def default_artifact_location(tracking_uri: str) -> str | None:
     return None
 
 
-def ensure_experiment(client: Any, name: str, tracking_uri: str) -> str:
+def ensure_experiment(client: Any, name: str, artifact_location: str | None) -> str:
+    """The experiment's id, creating it (with that artifact location) if it does not exist yet."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=default_artifact_location(tracking_uri))
+        return client.create_experiment(name, artifact_location=artifact_location)
     except Exception:  # noqa: BLE001 - created concurrently
         return client.get_experiment_by_name(name).experiment_id
 
@@ -89,7 +90,7 @@ class MlflowTracker:
 
         self.client = MlflowClient(tracking_uri=tracking_uri)
         if run_id is None:
-            exp_id = ensure_experiment(self.client, experiment or "Default", tracking_uri)
+            exp_id = ensure_experiment(self.client, experiment or "Default", default_artifact_location(tracking_uri))
             tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
             run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
         self.run_id = run_id

@@ -8,8 +8,6 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from openchat_core.markdown import markdown_table
-
 # Retry these (transient storage/network trouble); never bad input, missing files or permissions.
 _PERMANENT_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
 
@@ -37,6 +35,3 @@ def publish_markdown(key: str, markdown: str, description: str) -> None:
 def publish_table(key: str, rows: Sequence[Mapping[str, Any]], description: str) -> None:
     create_table_artifact(table=[dict(r) for r in rows], key=artifact_key(key), description=description)
 
-
-def md_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    return markdown_table(rows, columns)

@@ -16,14 +16,16 @@ from prefect.cache_policies import NONE
 
 from openchat_core.config import PipelineConfig
 from openchat_core.data.pretokenize import pretokenize_file
+from openchat_core.data.rules import DEFAULT_MAX_LINE_BYTES
 from openchat_core.data.validate import RejectedFractionExceeded, validate_files
 from openchat_core.data.weights import WeightPolicy, assign_weights_file, condition_table
 from openchat_core.digest import files_digest, text_digest
+from openchat_core.markdown import markdown_table
 from openchat_core.templates.conversation import TemplateSpec
 from openchat_core.templates.model_types import get_model_type
 from openchat_core.templates.tokenizers import load_tokenizer, tokenizer_fingerprint
 from storage import StorageLayout
-from tasks.common import md_table, publish_markdown, publish_table, retry_on_io_errors
+from tasks.common import publish_markdown, publish_table, retry_on_io_errors
 from tasks.outputs import DataOutputs, StageOutput
 from tasks.tracking import TrackingContext
 
@@ -40,7 +42,7 @@ def _stage_task(name: str):
 
 @_stage_task("validate")
 def validate_task(layout: StorageLayout, inputs: list[str], split: str = "train", max_rejected_fraction: float | None = None,
-                  max_line_bytes: int = 64 * 1024 * 1024) -> StageOutput:
+                  max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> StageOutput:
     """Validate JSONL inputs; publishes counts by error code and a sample of rejected lines."""
     logger = get_run_logger()
     key = text_digest("validate", VALIDATE_VERSION, str(max_line_bytes), files_digest(inputs))
@@ -74,8 +76,8 @@ def _publish_validation(split: str, report: dict, folder: Path) -> None:
     publish_markdown(
         f"validation-{split}",
         f"## Validation ({split})\n\n{report['lines']} lines: **{report['valid']} valid**, {report['rejected']} rejected, "
-        f"{report['blank']} blank.\n\n### Rejections by code\n\n{md_table(by_code)}\n\n### Sample of rejected lines\n\n"
-        f"{md_table(sample)}\n\nAll outputs: `{folder}`",
+        f"{report['blank']} blank.\n\n### Rejections by code\n\n{markdown_table(by_code)}\n\n### Sample of rejected lines\n\n"
+        f"{markdown_table(sample)}\n\nAll outputs: `{folder}`",
         description=f"Validation of the {split} data: counts by error code and a sample of rejects",
     )
 

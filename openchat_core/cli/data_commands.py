@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
-from openchat_core.cli.output import fail, table
+from openchat_core.cli.output import fail
+from openchat_core.data.rules import DEFAULT_MAX_LINE_BYTES
+from openchat_core.markdown import markdown_table
 
 
 def register(app: typer.Typer) -> None:
@@ -24,7 +26,7 @@ def validate(
     inputs: Annotated[list[Path], typer.Argument(help="JSONL or JSONL.gz files of Conversations")],
     out: Annotated[Path, typer.Option("--out", help="output folder: conversations.parquet, quarantine.jsonl, report.json")],
     max_rejected_fraction: Annotated[float | None, typer.Option(help="fail when more than this share of lines is rejected")] = None,
-    max_line_bytes: Annotated[int, typer.Option(help="lines longer than this are rejected without being loaded")] = 64 * 1024 * 1024,
+    max_line_bytes: Annotated[int, typer.Option(help="lines longer than this are rejected without being loaded")] = DEFAULT_MAX_LINE_BYTES,
 ) -> None:
     """Validate Conversation JSONL: every line ends up valid, quarantined (with a reason) or counted as blank.
 
@@ -40,7 +42,7 @@ def validate(
         raise fail(str(e)) from None
     typer.echo(f"{report.lines} lines: {report.valid} valid, {report.rejected} rejected, {report.blank} blank -> {out}")
     if report.by_code:
-        typer.echo(table([{"code": c, "lines": n} for c, n in report.by_code.items()]))
+        typer.echo(markdown_table([{"code": c, "lines": n} for c, n in report.by_code.items()]))
         typer.echo(f"reasons per line: {out / 'quarantine.jsonl'}")
     if report.unknown_keys:
         typer.echo(f"ignored unknown keys: {report.unknown_keys}")
@@ -80,7 +82,7 @@ def assign_weights(
     except (ValueError, ValidationError, UnknownConditionError, FileNotFoundError) as e:
         raise fail(str(e)) from None
     typer.echo(f"{report.conversations} conversations weighted -> {out / 'weighted.parquet'}")
-    typer.echo(table(condition_table(report)))
+    typer.echo(markdown_table(condition_table(report)))
 
 
 def pretokenize(
@@ -134,7 +136,7 @@ def model_types() -> None:
     rows = [{"model type": m.name, "aliases": ", ".join(m.aliases), "max context": m.max_context, "EOT": m.eot,
              "inference condition": m.inference_condition, "offline tokenizer": f"preset:{m.tokenizer_preset}" if m.tokenizer_preset else ""}
             for m in MODEL_TYPES.values()]
-    typer.echo(table(rows))
+    typer.echo(markdown_table(rows))
 
 
 def export_tokenizer(

@@ -10,8 +10,9 @@ from typing import Annotated, Any
 import typer
 
 from openchat_core.cli.options import config_options
-from openchat_core.cli.output import fail, table
+from openchat_core.cli.output import fail
 from openchat_core.config import EvalConfig, StorageConfig
+from openchat_core.markdown import markdown_table
 from openchat_core.tracking import local_tracking_uri
 
 DEFAULT_MLFLOW = local_tracking_uri(StorageConfig.model_fields["root"].default.removeprefix("./"))  # the pipeline's default store
@@ -70,7 +71,7 @@ def evaluate(
 
         metrics = heldout_metrics(model_dir, heldout)
         (out / "heldout.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        typer.echo(table([{"metric": k, "value": v} for k, v in metrics.items()]))
+        typer.echo(markdown_table([{"metric": k, "value": v} for k, v in metrics.items()]))
 
 
 def eval_view(results: Annotated[list[Path], typer.Argument(help="result folders (or folders containing them)")]) -> None:
@@ -90,7 +91,7 @@ def models(name: Annotated[str, typer.Argument(help="registered model name")], m
              "decision": v.tags.get("openchat.decision", "")} for v in registry.versions()]
     if not rows:
         raise fail(f"no registered model {name!r} in {registry.tracking_uri}")
-    typer.echo(table(rows))
+    typer.echo(markdown_table(rows))
     for d in registry.decisions()[-5:]:
         typer.echo(f"{d['time']} {d['action']} v{d['candidate']}: {d['reason']}")
 

@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from openchat_core.data.conversations_io import ConversationWriter
-from openchat_core.data.rules import ErrorCode, FastPath, Rejection, parse_line
+from openchat_core.data.rules import DEFAULT_MAX_LINE_BYTES, ErrorCode, FastPath, Rejection, parse_line
 
 UTF8_BOM = b"\xef\xbb\xbf"
-DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
 RAW_PREVIEW_BYTES = 64 * 1024
 _READ_CHUNK = 1024 * 1024
 

@@ -114,9 +114,9 @@ class ModelRegistry:
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         if run_id is None:
-            from openchat_core.tracking import ensure_experiment
+            from openchat_core.tracking import default_artifact_location, ensure_experiment
 
-            exp_id = ensure_experiment(self.client, self.name, self.tracking_uri)
+            exp_id = ensure_experiment(self.client, self.name, default_artifact_location(self.tracking_uri))
             run_id = self.client.create_run(exp_id, run_name="register").info.run_id
         status = self.client.get_run(run_id).info.status
         with mlflow.start_run(run_id=run_id):

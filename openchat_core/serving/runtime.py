@@ -30,7 +30,7 @@ from typing import Any
 from openchat_core.serving.engines.base import Engine, EngineConfig, SamplingOptions
 from openchat_core.serving.protocol import LoadedModelInfo, ModelCard, SmokeResult
 from openchat_core.serving.settings import ServeSettings
-from openchat_core.templates.model_types import ModelType, get_model_type
+from openchat_core.templates.model_types import ModelType
 
 logger = logging.getLogger("openchat_core.serving")
 

@@ -169,7 +169,7 @@ class Trainer:
         self.tracker.set_tags({"openchat.stage": "train", "openchat.model_type": self.model_type.name, "openchat.data_digest": self.dataset.digest()})
 
     # -- steps ------------------------------------------------------------------------------------
-    def _loss_step(self, indices: Any, global_num_seqs: float) -> dict[str, float]:
+    def _train_step(self, indices: Any, global_num_seqs: float) -> dict[str, float]:
         import torch
         import torch.distributed as dist
 
@@ -203,7 +203,7 @@ class Trainer:
             for step_in_epoch in range(first, plan.num_steps):
                 self.global_step += 1
                 started = time.perf_counter()
-                metrics = self._loss_step(batches[step_in_epoch], float(plan.global_num_seqs[step_in_epoch]))
+                metrics = self._train_step(batches[step_in_epoch], float(plan.global_num_seqs[step_in_epoch]))
                 tokens_per_s = metrics.pop("tokens") / max(time.perf_counter() - started, 1e-9)
                 record = {f"train/{k}": v for k, v in metrics.items()} | {"train/tokens_per_s": tokens_per_s}
                 self.tracker.log_metrics(record, step=self.global_step)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -26,6 +25,7 @@ import pytest
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
+from openchat_core.ports import free_port  # noqa: E402
 from openchat_core.serving.deploy import DeployError, ServerHandle, deploy_model, repo_root, stop_server  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -45,12 +45,6 @@ def _serve_python() -> Path | None:
                 capture_output=True).returncode == 0:
             return python
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
