@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from openchat_core.atomic import write_text_atomic
 from openchat_core.evaluation.eval_data import EvalData, EvalDataIssue, EvalQuestion, load_eval_data
 from openchat_core.evaluation.generation import Generation, Generator
 from openchat_core.evaluation.generators import make_generator
@@ -97,12 +97,6 @@ def score_question(question: EvalQuestion, generation: Generation, prompt_tokens
                           prompt_tokens=prompt_tokens, output_token_ids=list(generation.token_ids), error=error)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _notes(data: EvalData, results: Sequence[QuestionResult], truncated: int, max_new_tokens: int) -> list[str]:
     notes = []
     if any(q.task_type == "fs_cothub/math" for q in data.questions):
@@ -172,14 +166,14 @@ def run_generation_eval(model_dir: Path | str, eval_data_root: Path | str, eval_
         notes=_notes(data, results, truncated, max_new_tokens))
 
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / RESULTS_FILE, "".join(r.model_dump_json() + "\n" for r in results))
+    write_text_atomic(out / RESULTS_FILE, "".join(r.model_dump_json() + "\n" for r in results))
     if data.issues:
-        _write_atomic(out / ISSUES_FILE, "".join(json.dumps(asdict(i)) + "\n" for i in data.issues))
+        write_text_atomic(out / ISSUES_FILE, "".join(json.dumps(asdict(i)) + "\n" for i in data.issues))
     else:
         (out / ISSUES_FILE).unlink(missing_ok=True)  # from an earlier run into the same folder
-    _write_atomic(out / SUMMARY_FILE, summary.model_dump_json(indent=2) + "\n")
+    write_text_atomic(out / SUMMARY_FILE, summary.model_dump_json(indent=2) + "\n")
     timings["total_s"] = round(time.perf_counter() - started, 3)
     timings["generated_tokens"] = sum(len(r.output_token_ids) for r in results)
     timings["engine_run"] = getattr(generator, "last_run", {})
-    _write_atomic(out / TIMINGS_FILE, json.dumps(timings, indent=2) + "\n")
+    write_text_atomic(out / TIMINGS_FILE, json.dumps(timings, indent=2) + "\n")
     return EvalResult(out_dir=out, summary=summary, results=tuple(results), issues=data.issues, timings=timings)

@@ -12,11 +12,11 @@ suffix and with `openchat.json` is, by construction, a complete checkpoint.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from openchat_core.atomic import publish_folder
 from openchat_core.templates.model_types import ModelType, get_model_type
 
 if TYPE_CHECKING:
@@ -43,21 +43,16 @@ def save_checkpoint(out_dir: Path | str, model: PreTrainedModel, tokenizer: PreT
 
     mt = get_model_type(model_type)
     out = Path(out_dir)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    model.save_pretrained(str(partial), state_dict=state_dict, safe_serialization=True)
-    tokenizer.chat_template = mt.hf_chat_template
-    tokenizer.save_pretrained(str(partial))
-    eos_ids = generation_eos_ids(tokenizer, mt.eot)
-    GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids,
-                     pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[-1],
-                     do_sample=False).save_pretrained(str(partial))
-    meta = {"model_type": mt.name, **(metadata or {})}
-    (partial / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    with publish_folder(out) as partial:
+        model.save_pretrained(str(partial), state_dict=state_dict, safe_serialization=True)
+        tokenizer.chat_template = mt.hf_chat_template
+        tokenizer.save_pretrained(str(partial))
+        eos_ids = generation_eos_ids(tokenizer, mt.eot)
+        GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids,
+                         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[-1],
+                         do_sample=False).save_pretrained(str(partial))
+        meta = {"model_type": mt.name, **(metadata or {})}
+        (partial / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return out
 
 

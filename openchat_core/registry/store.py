@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,14 +171,12 @@ class ModelRegistry:
         target = cache_root() / "registry" / self.name / f"{info.version}-{text_digest(self.tracking_uri, info.source, length=12)}"
         if (target / "MLmodel").is_file():
             return _checkpoint_in(target)
-        staging = target.with_name(target.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        from openchat_core.atomic import publish_folder
+
         mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.name}/{info.version}", dst_path=str(staging),
-                                            tracking_uri=self.tracking_uri)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        with publish_folder(target) as staging:
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.name}/{info.version}", dst_path=str(staging),
+                                                tracking_uri=self.tracking_uri)
         return _checkpoint_in(target)
 
 
