@@ -136,6 +136,10 @@ class MlflowTracker:
         # what mlflow.log_input sends, without its global "active run" state
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=input_tags)])
 
+    def log_table(self, data: Mapping[str, list[Any]], artifact_file: str) -> None:
+        """A column -> values table as a JSON artifact that MLflow's UI shows as a table."""
+        self.client.log_table(self.run_id, dict(data), artifact_file)
+
     def flush(self) -> None:
         if self._pending:
             self.client.log_batch(self.run_id, metrics=self._pending)

@@ -26,6 +26,7 @@ class StageOutput(BaseModel):
 
 class SplitOutputs(BaseModel):
     validated: StageOutput
+    mixed: StageOutput
     weighted: StageOutput
     tokens: StageOutput
 
@@ -41,7 +42,7 @@ class DataOutputs(BaseModel):
     @property
     def cached(self) -> bool:
         splits = [s for s in (self.train, self.eval) if s is not None]
-        return all(o.cached for s in splits for o in (s.validated, s.weighted, s.tokens))
+        return all(o.cached for s in splits for o in (s.validated, s.mixed, s.weighted, s.tokens))
 
     @property
     def heldout_file(self) -> str | None:
