@@ -36,7 +36,7 @@ def evaluate(
     model: Annotated[str, typer.Option(help="checkpoint folder, or models:/NAME@champion / models:/NAME/VERSION")],
     out: Annotated[Path, typer.Option("--out", help="results folder (results.jsonl, summary.json)")],
     eval_data: Annotated[Path | None, typer.Option(help="eval-set root in OpenChat's layout <root>/<task_type>/<task>.jsonl")] = None,
-    eval_sets: Annotated[list[str] | None, typer.Option("--eval-sets", help="task-name prefixes, e.g. zs/agieval fs_cothub/gsm8k demo")] = None,
+    eval_sets: Annotated[list[str] | None, typer.Option("--eval-sets", help="a task-name prefix (repeat the option for several), e.g. --eval-sets zs/agieval --eval-sets fs_cothub/gsm8k")] = None,
     system: Annotated[str, typer.Option(help="system prompt")] = "",
     heldout: Annotated[Path | None, typer.Option(help="pretokenized held-out Parquet: also report eval/loss and eval/accuracy")] = None,
     mlflow_uri: MlflowUri = None,
