@@ -222,7 +222,7 @@ def test_a_missing_humaneval_plus_file_fails_before_generation(tmp_path):
             raise AssertionError("generation started before the HumanEvalPlus file was checked")
 
     with pytest.raises(HumanEvalPlusError, match="--humaneval-plus PATH.*missing.jsonl is not a file"):
-        run_generation_eval(save_tiny_checkpoint(tmp_path / "ckpt"), ROOT, out_dir=tmp_path / "out", engine=NeverCalled(),
+        run_generation_eval(save_tiny_checkpoint(tmp_path / "ckpt"), ROOT, out_dir=tmp_path / "out", engine=NeverCalled(), max_new_tokens=8,
                             coding=CodingOptions(humaneval_plus=tmp_path / "missing.jsonl"))
 
 

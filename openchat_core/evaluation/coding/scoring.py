@@ -43,6 +43,12 @@ class CodingOptions:
                            "per_test_s": self.limits.per_test_s}}
 
 
+def coding_options(humaneval_plus: Path | str | None, timeout_s: float, memory_mb: int, workers: int) -> CodingOptions:
+    """CodingOptions from the flat settings (`eval.humaneval_plus`, `eval.code_*`; `openchat eval --code-*`)."""
+    return CodingOptions(humaneval_plus=Path(humaneval_plus) if humaneval_plus else None, workers=workers,
+                         limits=SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb))
+
+
 class EvalPlusMissingError(ValueError):
     """The `evalplus` package, which the sandbox worker runs the tests with, is not installed."""
 
