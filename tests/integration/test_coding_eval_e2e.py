@@ -82,7 +82,7 @@ def test_readme_coding_eval_runs_on_openchats_humaneval(tmp_path, checkpoint):
 
 
 def test_vllm_answers_are_scored_the_same_way(tmp_path, checkpoint):
-    from openchat_core.evaluation.generation import find_serve_python
+    from openchat_core.serve_env import find_serve_python
     from openchat_core.evaluation.runner import run_generation_eval
 
     if find_serve_python() is None:
