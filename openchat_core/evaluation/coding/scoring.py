@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openchat_core.atomic import write_text_atomic
 from openchat_core.evaluation.coding.problems import (evalplus_problem, file_digest, has_plus_tests, load_humaneval_plus,
                                                       resolve_problem, sandbox_job)
 from openchat_core.evaluation.coding.sandbox import SandboxLimits, SandboxOutcome, run_job
@@ -95,10 +96,10 @@ def write_evalplus_samples(out_dir: Path, task_name: str, problems: Sequence[Map
     folder = out_dir / SAMPLES_DIR / task_name
     folder.mkdir(parents=True, exist_ok=True)
     samples = "".join(json.dumps({"task_id": p["task_id"], "solution": s}) + "\n" for p, s in zip(problems, solutions, strict=True))
-    (folder / "samples.jsonl").write_text(samples, encoding="utf-8")
+    write_text_atomic(folder / "samples.jsonl", samples)
     plus = [evalplus_problem(p) for p in problems if has_plus_tests(p)]
     if len(plus) == len(problems):
-        (folder / "problems.jsonl").write_text("".join(json.dumps(p) + "\n" for p in plus), encoding="utf-8")
+        write_text_atomic(folder / "problems.jsonl", "".join(json.dumps(p) + "\n" for p in plus))
     else:
         (folder / "problems.jsonl").unlink(missing_ok=True)
     return folder / "samples.jsonl"
