@@ -28,8 +28,8 @@ MAX_NEW = 64
 def fresh_cache(tmp_path_factory):
     """A cache holding a stale converted folder (the GGUF quantization_config still in config.json); DeepSpeed's
     compiled ops stay where they are (rebuilding them costs ~30 s and proves nothing here)."""
+    from openchat_core.models.model_factory import SMOLLM2_CACHE_VERSION
     from openchat_core.training.launcher import torch_extensions_dir
-    from openchat_core.training.model_factory import SMOLLM2_CACHE_VERSION
 
     extensions = torch_extensions_dir()
     cache = tmp_path_factory.mktemp("cache")
@@ -70,8 +70,8 @@ def trained(fresh_cache, tmp_path_factory):
 
 
 def test_the_preset_converts_to_a_plain_folder_replacing_the_stale_one(fresh_cache, trained):
+    from openchat_core.models.model_factory import is_plain_model_dir, smollm2_model_dir
     from openchat_core.templates.tokenizers import load_tokenizer
-    from openchat_core.training.model_factory import is_plain_model_dir, smollm2_model_dir
 
     folder = smollm2_model_dir()
     assert folder.parent.parent == fresh_cache and is_plain_model_dir(folder)
@@ -86,8 +86,8 @@ def test_the_checkpoint_reloads_with_the_trained_weights(trained):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from openchat_core.training.checkpoint import list_epoch_checkpoints
-    from openchat_core.training.model_factory import load_base_model
+    from openchat_core.models.checkpoint import list_epoch_checkpoints
+    from openchat_core.models.model_factory import load_base_model
     from openchat_core.training.state import STATE_DIR, latest_resume_point
 
     cfg, lines = trained
@@ -114,8 +114,8 @@ def test_generation_stops_at_the_end_of_turn_token(trained):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from openchat_core.models.checkpoint import list_epoch_checkpoints
     from openchat_core.templates.conversation import ConversationTemplate
-    from openchat_core.training.checkpoint import list_epoch_checkpoints
 
     path = str(list_epoch_checkpoints(trained[0].out_dir)[-1].path)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
@@ -132,11 +132,11 @@ def test_generation_stops_at_the_end_of_turn_token(trained):
 def test_vllm_serves_the_checkpoint_through_the_deploy_path(trained, tmp_path):
     from openai import OpenAI
 
+    from openchat_core.models.checkpoint import list_epoch_checkpoints
+    from openchat_core.ports import free_port
     from openchat_core.serving.deploy import deploy_model, stop_server
     from openchat_core.templates.conversation import ConversationTemplate
     from openchat_core.templates.tokenizers import load_tokenizer
-    from openchat_core.training.checkpoint import list_epoch_checkpoints
-    from openchat_core.training.launcher import free_port
 
     path = list_epoch_checkpoints(trained[0].out_dir)[-1].path
     handle = deploy_model(f"http://127.0.0.1:{free_port()}", "adm-real-model", path, served_name="smollm2", registry_version="1",

@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    from openchat_core.training.model_factory import load_base_model
+    from openchat_core.models.model_factory import load_base_model
 
     model, tokenizer = load_base_model("preset:tiny-mistral")
     folder = tmp_path_factory.mktemp("tiny")
@@ -19,7 +19,7 @@ def tiny_folder(tmp_path_factory):
 
 
 def test_a_plain_folder_loads_and_counts_as_plain(tiny_folder):
-    from openchat_core.training.model_factory import is_plain_model_dir, load_base_model
+    from openchat_core.models.model_factory import is_plain_model_dir, load_base_model
 
     model, _ = load_base_model(tiny_folder)
     assert getattr(model, "hf_quantizer", None) is None
@@ -30,7 +30,7 @@ def test_a_folder_left_quantized_by_a_gguf_load_is_refused_at_load_time(tiny_fol
     """What the v1 SmolLM2 cache held: dequantised weights, but `quantization_config: gguf` still in config.json."""
     import shutil
 
-    from openchat_core.training.model_factory import is_plain_model_dir, load_base_model
+    from openchat_core.models.model_factory import is_plain_model_dir, load_base_model
 
     stale = tmp_path / "stale"
     shutil.copytree(tiny_folder, stale)
