@@ -3,8 +3,9 @@ fine-tuned by the DeepSpeed launcher on a few dozen conversations, saved, reload
 
 This is the test that catches a base model that trains but cannot be saved (the GGUF `quantization_config` left in
 the converted folder made every checkpoint write fail after minutes of training). The conversion runs into a fresh
-cache that holds such a stale folder, so the rebuild is exercised too. 7 min 17 s on a 2-core box shared with other
-jobs (load average ~13; 2.5 min of CPU in the test's own processes): setup 363 s (conversion, data, training), vLLM 50 s.
+cache that holds such a stale folder, so the rebuild is exercised too. 5 min 40 s to 7 min 17 s on a 2-core box shared
+with other jobs (load average 9 to 13; about 2.3 min of CPU in the test's own processes): setup 256-363 s (conversion,
+data, training), vLLM about 50 s.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def trained(fresh_cache, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("real-model")
     generate_demo_data(root / "demo", sizes=DemoSizes(train=40, eval_per_task=1))
-    tokenizer = load_tokenizer("preset:smollm2-135m")
+    tokenizer = load_tokenizer("preset:smollm2")
     validate_files([root / "demo" / "train.jsonl"], root / "v")
     assign_weights_file(root / "v" / "conversations.parquet", root / "w", WeightPolicy(condition_weights={"GPT4 Correct": 1.0, "GPT3": 0.1}))
     pretokenize_file(root / "w" / "weighted.parquet", root / "train.parquet", TemplateSpec.from_tokenizer(MODEL_TYPE, tokenizer),
