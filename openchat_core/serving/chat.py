@@ -29,23 +29,29 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from openchat_core.serving.engines.base import (
-    Delta,
-    EngineError,
-    EngineRequestError,
-    EngineUnavailableError,
-    SamplingOptions,
-    shielded_abort,
-)
+from openchat_core.serving.engines.base import EngineError, SamplingOptions, shielded_abort
 from openchat_core.serving.errors import OpenAIError
+from openchat_core.serving.lifecycle import (
+    Accounting,
+    ChoiceState,
+    ClientDisconnected,
+    Lease,
+    check_model,
+    engine_error,
+    json_response,
+    params_for_log,
+    structured_output,
+    until_disconnect,
+)
+from openchat_core.serving.logprobs import TokenTexts, chat_logprobs
 from openchat_core.serving.metrics import LOG_STATE_KEY, ServingMetrics
 from openchat_core.serving.protocol import (
     AssistantMessage,
@@ -61,30 +67,6 @@ logger = logging.getLogger("openchat_core.serving")
 
 DEFAULT_TEMPERATURE = 0.7  # OpenChat's server default
 RENDER_IN_THREAD_CHARS = 20_000  # tokenize big prompts off the event loop
-T = TypeVar("T")
-
-
-class ClientDisconnected(Exception):
-    """The client went away before the completion was ready."""
-
-
-@dataclass
-class Lease:
-    """An in-flight slot on one runtime; `release` is idempotent (called from several exit paths)."""
-
-    runtime: ModelRuntime
-    metrics: ServingMetrics
-    released: bool = False
-
-    def __post_init__(self) -> None:
-        self.runtime.acquire()
-        self.metrics.in_flight.inc()
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.runtime.release()
-            self.metrics.in_flight.dec()
 
 
 @dataclass
@@ -95,94 +77,7 @@ class PreparedChat:
     prompt_ids: list[int]
     options: SamplingOptions
     include_usage: bool
-
-
-@dataclass
-class ChoiceState:
-    """Per-choice accumulation, including OpenChat's first-space strip."""
-
-    text: str = ""
-    finish_reason: str | None = None
-    started: bool = False
-
-    def add(self, text: str) -> str:
-        if not self.started and text:
-            self.started = True
-            if text.startswith(" "):
-                text = text[1:]
-        self.text += text
-        return text
-
-
-@dataclass
-class Accounting:
-    """What one request produced, for usage, metrics and the request log."""
-
-    prompt_tokens: int
-    choices: list[ChoiceState]
-    completion_tokens: int = 0
-    first_token_at: float | None = None
-    started_at: float = field(default_factory=time.perf_counter)
-
-    def add(self, delta: Delta) -> str:
-        if delta.token_ids and self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
-        self.completion_tokens += len(delta.token_ids)
-        choice = self.choices[delta.index]
-        text = choice.add(delta.text)
-        if delta.finish_reason is not None:
-            choice.finish_reason = delta.finish_reason
-        return text
-
-    @property
-    def finished(self) -> bool:
-        return all(c.finish_reason is not None for c in self.choices)
-
-    def usage(self) -> Usage:
-        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
-                     total_tokens=self.prompt_tokens + self.completion_tokens)
-
-
-def _engine_error(exc: Exception) -> OpenAIError:
-    if isinstance(exc, OpenAIError):
-        return exc
-    if isinstance(exc, EngineRequestError):
-        return OpenAIError(400, f"The engine rejected the request: {exc}", code="invalid_request")
-    if isinstance(exc, EngineUnavailableError):
-        return OpenAIError(503, f"The model is not available right now ({exc}); retry shortly.", code="engine_unavailable")
-    if isinstance(exc, ModelSwitchError):
-        return OpenAIError(exc.status, str(exc), code=exc.code)
-    logger.error("generation failed: %s", exc, exc_info=exc)
-    return OpenAIError(500, "Generation failed; the server log has the details.", type="server_error", code="engine_error")
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    """Returns when the client closes the connection (the body was already read by FastAPI)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`, cancelling it (and raising ClientDisconnected) if the client goes away first."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    finally:
-        watcher.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    try:
-        await task
-    except (asyncio.CancelledError, Exception):
-        pass
-    raise ClientDisconnected()
+    texts: TokenTexts
 
 
 class ChatService:
@@ -238,12 +133,11 @@ class ChatService:
         return requested
 
     async def prepare(self, body: ChatCompletionRequest, runtime: ModelRuntime) -> PreparedChat:
-        if body.model not in runtime.names:
-            raise OpenAIError(404, f"The model `{body.model}` does not exist; this server serves "
-                                   f"{', '.join(runtime.names)} (see GET /v1/models).", param="model", code="model_not_found")
+        check_model(body.model, runtime)
         unsupported = body.unsupported_feature()
         if unsupported is not None:
             raise OpenAIError(400, unsupported[1], param=unsupported[0], code="unsupported_parameter")
+        structured = structured_output(body.response_format, runtime)
         self._check_condition(body.condition, runtime)
         items, system = self._conversation(body)
         prompt_ids = await self._render(runtime, items, body.condition, system)
@@ -259,9 +153,12 @@ class ChatService:
             frequency_penalty=body.frequency_penalty or 0.0,
             stop=tuple(body.stop_sequences),
             stream=bool(body.stream),
+            logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+            structured=structured,
         )
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return PreparedChat(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), runtime, prompt_ids, options, include_usage)
+        return PreparedChat(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), runtime, prompt_ids, options, include_usage,
+                            TokenTexts(runtime.tokenizer))
 
     # ---- route ----------------------------------------------------------------------------------
 
@@ -271,7 +168,7 @@ class ChatService:
         try:
             runtime = self.manager.live()  # resolved once: this request stays on this model even if a switch happens
         except ModelSwitchError as exc:
-            raise _engine_error(exc) from exc
+            raise engine_error(exc) from exc
         lease = Lease(runtime, self.metrics)
         handed_off = False
         try:
@@ -279,7 +176,7 @@ class ChatService:
                            "engine": runtime.engine_kind, "condition": body.condition})
             prep = await self.prepare(body, runtime)
             record.update({"request_id": prep.request_id, "prompt_tokens": len(prep.prompt_ids),
-                           "params": _params_for_log(prep.options)})
+                           "params": params_for_log(prep.options)})
             if self.settings.log_prompts:
                 record["messages"] = [{"role": m.role, "content": m.text()} for m in body.messages]
             self.metrics.prompt_tokens.inc(len(prep.prompt_ids))
@@ -291,20 +188,21 @@ class ChatService:
                 handed_off = True
                 return response
             try:
-                await _until_disconnect(raw, self._collect(prep, acct))
+                await until_disconnect(raw, self._collect(prep, acct))
             except ClientDisconnected:
                 record["error"] = "client disconnected"
                 await shielded_abort(runtime.engine, prep.request_id)  # the engine may not abort on cancellation alone
                 return Response(status_code=499)
             except Exception as exc:
-                error = _engine_error(exc)
+                error = engine_error(exc)
                 record["error"] = error.message
                 raise error from exc
             finally:
-                self._account(acct, record)
-            return _json_response(ChatCompletionResponse(
+                acct.account(self.metrics, record, self.settings.log_prompts)
+            return json_response(ChatCompletionResponse(
                 id=prep.request_id, created=prep.created, model=runtime.served_name,
-                choices=[Choice(index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason or "stop")
+                choices=[Choice(index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason or "stop",
+                                logprobs=self._logprobs(prep, c.logprobs))
                          for i, c in enumerate(acct.choices)],
                 usage=acct.usage(), system_fingerprint=runtime.fingerprint))
         except OpenAIError as exc:
@@ -313,6 +211,10 @@ class ChatService:
         finally:
             if not handed_off:
                 lease.release()
+
+    @staticmethod
+    def _logprobs(prep: PreparedChat, entries: Any) -> Any:
+        return chat_logprobs(entries, prep.texts) if prep.options.logprobs is not None else None
 
     async def _collect(self, prep: PreparedChat, acct: Accounting) -> None:
         engine = prep.runtime.engine
@@ -338,8 +240,11 @@ class ChatService:
                               "finish_reason": None}])
             async for delta in runtime.engine.generate(prep.request_id, prep.prompt_ids, prep.options):
                 text = acct.add(delta)
-                if text:
-                    yield chunk([{"index": delta.index, "delta": {"content": text}, "logprobs": None, "finish_reason": None}])
+                logprobs = self._logprobs(prep, delta.logprobs)
+                if text or logprobs is not None and logprobs.content:
+                    yield chunk([{"index": delta.index, "delta": {"content": text},
+                                  "logprobs": logprobs.model_dump() if logprobs is not None else None,
+                                  "finish_reason": None}])
                 if delta.finish_reason is not None:
                     yield chunk([{"index": delta.index, "delta": {}, "logprobs": None,
                                   "finish_reason": delta.finish_reason}])
@@ -348,7 +253,7 @@ class ChatService:
             if prep.include_usage:
                 yield chunk([], acct.usage())
         except Exception as exc:
-            error = _engine_error(exc)
+            error = engine_error(exc)
             record["error"] = error.message
             yield f"data: {json.dumps(error.body())}\n\n"
         else:
@@ -357,27 +262,6 @@ class ChatService:
             if not acct.finished:
                 record.setdefault("error", "client disconnected")
                 await shielded_abort(runtime.engine, prep.request_id)
-            self._account(acct, record)
+            acct.account(self.metrics, record, self.settings.log_prompts)
             lease.release()
         yield "data: [DONE]\n\n"
-
-    def _account(self, acct: Accounting, record: dict[str, Any]) -> None:
-        self.metrics.completion_tokens.inc(acct.completion_tokens)
-        ttft = None
-        if acct.first_token_at is not None:
-            ttft = acct.first_token_at - acct.started_at
-            self.metrics.ttft.observe(ttft)
-        record.update({"completion_tokens": acct.completion_tokens, "ttft_s": round(ttft, 4) if ttft is not None else None,
-                       "finish_reasons": [c.finish_reason for c in acct.choices]})
-        if self.settings.log_prompts:
-            record["outputs"] = [c.text for c in acct.choices]
-
-
-def _params_for_log(options: SamplingOptions) -> dict[str, Any]:
-    return {"max_tokens": options.max_tokens, "temperature": options.temperature, "top_p": options.top_p,
-            "seed": options.seed, "presence_penalty": options.presence_penalty,
-            "frequency_penalty": options.frequency_penalty, "stop_sequences": len(options.stop)}
-
-
-def _json_response(model: Any) -> Response:
-    return Response(content=model.model_dump_json(), media_type="application/json")

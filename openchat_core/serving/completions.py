@@ -1,0 +1,336 @@
+"""POST /v1/completions: raw prompts (text or token ids) -> engine -> OpenAI's legacy completion shape.
+
+This is the route log-likelihood evaluation needs: lm-eval's `local-completions` sends its
+context + continuation as token ids with `echo: true, logprobs: 1, max_tokens: 1` and sums the
+echoed prompt's `token_logprobs`. So, as in vLLM's server:
+- `echo` puts the prompt text (and, with `logprobs`, the prompt tokens' log-probabilities, None for
+  the first) before the completion; `max_tokens: 0` with `echo` scores the prompt alone (the engine
+  is asked for one token, which is dropped).
+- A list of prompts is one request; each prompt runs as its own engine request, concurrently, and
+  its `n` choices get indexes `prompt_index * n + choice`.
+- No template and no first-space strip: the text is the model's raw continuation. Text prompts are
+  tokenized with the checkpoint's tokenizer (BOS added unless `add_special_tokens: false`);
+  generation stops on the checkpoint's EOS/EOT ids, `stop` strings and `max_tokens` (default 16).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
+
+from openchat_core.serving.engines.base import Delta, EngineError, SamplingOptions, TokenLogprob, shielded_abort
+from openchat_core.serving.errors import OpenAIError
+from openchat_core.serving.lifecycle import (
+    Accounting,
+    ChoiceState,
+    ClientDisconnected,
+    Lease,
+    check_model,
+    engine_error,
+    json_response,
+    params_for_log,
+    structured_output,
+    until_disconnect,
+)
+from openchat_core.serving.logprobs import TokenTexts, completion_logprobs
+from openchat_core.serving.metrics import LOG_STATE_KEY, ServingMetrics
+from openchat_core.serving.protocol import (
+    DEFAULT_COMPLETION_TOKENS,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+)
+from openchat_core.serving.runtime import ModelManager, ModelRuntime, ModelSwitchError
+from openchat_core.serving.settings import ServeSettings
+
+DEFAULT_TEMPERATURE = 1.0  # OpenAI's and vLLM's completions default
+TOKENIZE_IN_THREAD_CHARS = 20_000
+
+
+@dataclass
+class Prompt:
+    ids: list[int]
+    text: str  # what `echo` returns: the prompt as sent, or its ids decoded
+    logprobs: list[TokenLogprob | None] = field(default_factory=list)
+
+
+@dataclass
+class PreparedCompletion:
+    request_id: str
+    created: int
+    runtime: ModelRuntime
+    prompts: list[Prompt]
+    options: SamplingOptions
+    echo: bool
+    score_only: bool  # max_tokens 0 with echo: the generated token is dropped
+    logprobs: int | None
+    include_usage: bool
+    texts: TokenTexts
+
+    def sub_id(self, p: int) -> str:
+        return f"{self.request_id}-{p}"
+
+
+class CompletionService:
+    def __init__(self, settings: ServeSettings, manager: ModelManager, metrics: ServingMetrics) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.metrics = metrics
+
+    async def _prompts(self, body: CompletionRequest, runtime: ModelRuntime) -> list[Prompt]:
+        tokenizer = runtime.tokenizer
+
+        def build() -> list[Prompt]:
+            out = []
+            for prompt in body.prompts:
+                if isinstance(prompt, str):
+                    ids = tokenizer(prompt, add_special_tokens=body.add_special_tokens)["input_ids"]
+                    out.append(Prompt(list(ids), prompt))
+                else:
+                    out.append(Prompt(prompt, tokenizer.decode(prompt) if body.echo else ""))
+            return out
+
+        size = sum(len(p) for p in body.prompts)
+        try:
+            return await asyncio.to_thread(build) if size > TOKENIZE_IN_THREAD_CHARS else build()
+        except (OverflowError, IndexError, TypeError, ValueError) as exc:  # ids outside the vocabulary
+            raise OpenAIError(400, f"prompt token ids cannot be decoded by this model's tokenizer: {exc}",
+                              param="prompt", code="invalid_request") from exc
+
+    def _max_tokens(self, body: CompletionRequest, prompts: list[Prompt], max_context: int) -> int:
+        requested = DEFAULT_COMPLETION_TOKENS if body.max_tokens is None else body.max_tokens
+        for index, prompt in enumerate(prompts):
+            length = len(prompt.ids)
+            if body.max_tokens is None:
+                requested = max(1, min(requested, max_context - length))
+            if length + max(requested, 1) > max_context:
+                where = f"prompt {index}" if len(prompts) > 1 else "the prompt"
+                raise OpenAIError(
+                    400, f"This model's maximum context length is {max_context} tokens. However, you requested "
+                         f"{length + max(requested, 1)} tokens ({length} in {where}, {max(requested, 1)} in the "
+                         f"completion{'; scoring a prompt needs one free position' if requested == 0 else ''}). "
+                         f"Please reduce the length of the prompt or completion.",
+                    param="prompt", code="context_length_exceeded")
+        return requested
+
+    async def prepare(self, body: CompletionRequest, runtime: ModelRuntime) -> PreparedCompletion:
+        check_model(body.model, runtime)
+        unsupported = body.unsupported_feature()
+        if unsupported is not None:
+            raise OpenAIError(400, unsupported[1], param=unsupported[0], code="unsupported_parameter")
+        structured = structured_output(body.response_format, runtime)
+        prompts = await self._prompts(body, runtime)
+        if any(not p.ids for p in prompts):
+            raise OpenAIError(400, "a prompt tokenized to no tokens; send text or add_special_tokens: true",
+                              param="prompt", code="invalid_request")
+        max_tokens = self._max_tokens(body, prompts, runtime.max_context)
+        options = SamplingOptions(
+            max_tokens=max(max_tokens, 1),
+            stop_token_ids=runtime.stop_token_ids,
+            n=body.n_choices,
+            temperature=DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            seed=body.seed,
+            presence_penalty=body.presence_penalty or 0.0,
+            frequency_penalty=body.frequency_penalty or 0.0,
+            stop=tuple(body.stop_sequences),
+            stream=bool(body.stream),
+            logprobs=body.logprobs,
+            prompt_logprobs=body.logprobs if body.echo else None,
+            structured=structured,
+        )
+        return PreparedCompletion(f"cmpl-{uuid.uuid4().hex}", int(time.time()), runtime, prompts, options, body.echo,
+                                  max_tokens == 0, body.logprobs,
+                                  bool(body.stream_options and body.stream_options.include_usage),
+                                  TokenTexts(runtime.tokenizer))
+
+    # ---- route ----------------------------------------------------------------------------------
+
+    async def create(self, body: CompletionRequest, raw: Request) -> Response:
+        record: dict[str, Any] = raw.scope.get("state", {}).get(LOG_STATE_KEY, {})
+        record.update({"model": body.model, "n": body.n_choices, "stream": bool(body.stream), "echo": body.echo,
+                       "logprobs": body.logprobs})
+        try:
+            runtime = self.manager.live()
+        except ModelSwitchError as exc:
+            raise engine_error(exc) from exc
+        lease = Lease(runtime, self.metrics)
+        handed_off = False
+        try:
+            record.update({"served_name": runtime.served_name, "registry_version": runtime.registry_version,
+                           "engine": runtime.engine_kind})
+            prep = await self.prepare(body, runtime)
+            prompt_tokens = sum(len(p.ids) for p in prep.prompts)
+            record.update({"request_id": prep.request_id, "prompts": len(prep.prompts), "prompt_tokens": prompt_tokens,
+                           "params": params_for_log(prep.options)})
+            if self.settings.log_prompts:
+                record["prompt"] = body.prompt
+            self.metrics.prompt_tokens.inc(prompt_tokens)
+            n_total = len(prep.prompts) * prep.options.n
+            acct = Accounting(prompt_tokens, [ChoiceState(strip_first_space=False) for _ in range(n_total)])
+            if body.stream:
+                response = StreamingResponse(self._stream(prep, acct, lease, record), media_type="text/event-stream",
+                                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                                             background=BackgroundTask(lease.release))
+                handed_off = True
+                return response
+            try:
+                await until_disconnect(raw, self._collect(prep, acct))
+            except ClientDisconnected:
+                record["error"] = "client disconnected"
+                await self._abort(prep)
+                return Response(status_code=499)
+            except Exception as exc:
+                error = engine_error(exc)
+                record["error"] = error.message
+                raise error from exc
+            finally:
+                self._account(prep, acct, record)
+            return json_response(CompletionResponse(
+                id=prep.request_id, created=prep.created, model=runtime.served_name,
+                choices=[self._choice(prep, i, c) for i, c in enumerate(acct.choices)],
+                usage=acct.usage(), system_fingerprint=runtime.fingerprint))
+        except OpenAIError as exc:
+            record.setdefault("error", exc.message)
+            raise
+        finally:
+            if not handed_off:
+                lease.release()
+
+    # ---- generation -----------------------------------------------------------------------------
+
+    async def _deltas(self, prep: PreparedCompletion) -> AsyncIterator[Delta]:
+        """Every prompt's engine stream, merged; delta indexes renumbered to prompt_index * n + choice."""
+        n = prep.options.n
+        engine = prep.runtime.engine
+
+        async def one(p: int) -> AsyncIterator[Delta]:
+            prompt = prep.prompts[p]
+            async for delta in engine.generate(prep.sub_id(p), prompt.ids, prep.options):
+                prompt.logprobs.extend(delta.prompt_logprobs)
+                yield replace(delta, index=p * n + delta.index)
+
+        if len(prep.prompts) == 1:
+            async for delta in one(0):
+                yield delta
+            return
+        queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
+
+        async def pump(p: int) -> None:
+            try:
+                async for delta in one(p):
+                    queue.put_nowait(delta)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, who re-raises it
+                queue.put_nowait(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+            else:
+                queue.put_nowait(None)
+
+        tasks = [asyncio.ensure_future(pump(p)) for p in range(len(prep.prompts))]
+        try:
+            running = len(tasks)
+            while running:
+                item = await queue.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _collect(self, prep: PreparedCompletion, acct: Accounting) -> None:
+        async for delta in self._deltas(prep):
+            acct.add(delta)
+        if not acct.finished:
+            raise EngineError("the engine ended the request without finishing every choice")
+
+    async def _abort(self, prep: PreparedCompletion) -> None:
+        for p in range(len(prep.prompts)):
+            await shielded_abort(prep.runtime.engine, prep.sub_id(p))
+
+    def _account(self, prep: PreparedCompletion, acct: Accounting, record: dict[str, Any]) -> None:
+        if prep.score_only:
+            acct.completion_tokens = 0  # the engine's one token is dropped, not returned
+        acct.account(self.metrics, record, self.settings.log_prompts)
+
+    # ---- response shape -------------------------------------------------------------------------
+
+    def _choice(self, prep: PreparedCompletion, index: int, state: ChoiceState) -> CompletionChoice:
+        prompt = prep.prompts[index // prep.options.n]
+        text = "" if prep.score_only else state.text
+        token_ids = [] if prep.score_only else list(state.token_ids)
+        entries: list[TokenLogprob | None] = [] if prep.score_only else list(state.logprobs)
+        offset = 0
+        if prep.echo:
+            text = prompt.text + text
+            token_ids = prompt.ids + token_ids
+            entries = list(prompt.logprobs) + entries
+        else:
+            offset = len(prompt.text)
+        logprobs = None
+        if prep.logprobs is not None:
+            logprobs = completion_logprobs(token_ids, entries, prep.texts, offset)
+        reason = "length" if prep.score_only else (state.finish_reason or "stop")
+        return CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=reason)  # type: ignore[arg-type]
+
+    async def _stream(self, prep: PreparedCompletion, acct: Accounting, lease: Lease,
+                      record: dict[str, Any]) -> AsyncIterator[str]:
+        runtime = prep.runtime
+        base = {"id": prep.request_id, "object": "text_completion", "created": prep.created,
+                "model": runtime.served_name, "system_fingerprint": runtime.fingerprint}
+        echoed: set[int] = set()
+
+        def chunk(choices: list[dict[str, Any]], usage: Any = None) -> str:
+            payload = {**base, "choices": choices}
+            if prep.include_usage:
+                payload["usage"] = usage.model_dump() if usage is not None else None
+            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+        try:
+            async for delta in self._deltas(prep):
+                before_text, before_ids = len(acct.choices[delta.index].text), len(acct.choices[delta.index].token_ids)
+                acct.add(delta)
+                state = acct.choices[delta.index]
+                piece = ChoiceState(strip_first_space=False, text="" if prep.score_only else state.text[before_text:],
+                                    token_ids=[] if prep.score_only else state.token_ids[before_ids:],
+                                    logprobs=[] if prep.score_only else list(delta.logprobs))
+                first = delta.index not in echoed
+                echoed.add(delta.index)
+                choice = self._choice(replace(prep, echo=prep.echo and first, score_only=False), delta.index, piece)
+                finished = delta.finish_reason is not None
+                choice.finish_reason = ("length" if prep.score_only else delta.finish_reason) if finished else None
+                if choice.text or finished or (choice.logprobs is not None and choice.logprobs.tokens):
+                    yield chunk([choice.model_dump()])
+            if not acct.finished:
+                raise EngineError("the engine ended the request without finishing every choice")
+            if prep.include_usage:
+                if prep.score_only:
+                    acct.completion_tokens = 0
+                yield chunk([], acct.usage())
+        except Exception as exc:
+            error = engine_error(exc)
+            record["error"] = error.message
+            yield f"data: {json.dumps(error.body())}\n\n"
+        else:
+            record.pop("error", None)
+        finally:
+            if not acct.finished:
+                record.setdefault("error", "client disconnected")
+                await self._abort(prep)
+            self._account(prep, acct, record)
+            lease.release()
+        yield "data: [DONE]\n\n"

@@ -1,0 +1,194 @@
+"""What every generation route shares: leases on the live model, client-disconnect handling, error mapping,
+model-name and response-format checks, and the accounting that feeds /metrics and the request log.
+
+Chat completions (`chat.py`) and completions (`completions.py`) differ only in how a prompt is
+built and how the answer is shaped; everything here is the same for both, so keys, errors,
+limits and metrics apply to every route the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from openchat_core.serving.engines.base import (
+    Delta,
+    EngineRequestError,
+    EngineUnavailableError,
+    SamplingOptions,
+    StructuredOutput,
+    TokenLogprob,
+)
+from openchat_core.serving.errors import OpenAIError
+from openchat_core.serving.metrics import ServingMetrics
+from openchat_core.serving.protocol import ResponseFormat, Usage
+from openchat_core.serving.runtime import ModelRuntime, ModelSwitchError
+
+logger = logging.getLogger("openchat_core.serving")
+
+T = TypeVar("T")
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the completion was ready."""
+
+
+@dataclass
+class Lease:
+    """An in-flight slot on one runtime; `release` is idempotent (called from several exit paths)."""
+
+    runtime: ModelRuntime
+    metrics: ServingMetrics
+    released: bool = False
+
+    def __post_init__(self) -> None:
+        self.runtime.acquire()
+        self.metrics.in_flight.inc()
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.runtime.release()
+            self.metrics.in_flight.dec()
+
+
+def engine_error(exc: Exception) -> OpenAIError:
+    if isinstance(exc, OpenAIError):
+        return exc
+    if isinstance(exc, EngineRequestError):
+        return OpenAIError(400, f"The engine rejected the request: {exc}", code="invalid_request")
+    if isinstance(exc, EngineUnavailableError):
+        return OpenAIError(503, f"The model is not available right now ({exc}); retry shortly.", code="engine_unavailable")
+    if isinstance(exc, ModelSwitchError):
+        return OpenAIError(exc.status, str(exc), code=exc.code)
+    logger.error("generation failed: %s", exc, exc_info=exc)
+    return OpenAIError(500, "Generation failed; the server log has the details.", type="server_error", code="engine_error")
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Returns when the client closes the connection (the body was already read by FastAPI)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it (and raising ClientDisconnected) if the client goes away first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):
+        pass
+    raise ClientDisconnected()
+
+
+def params_for_log(options: SamplingOptions) -> dict[str, Any]:
+    return {"max_tokens": options.max_tokens, "temperature": options.temperature, "top_p": options.top_p,
+            "seed": options.seed, "presence_penalty": options.presence_penalty,
+            "frequency_penalty": options.frequency_penalty, "stop_sequences": len(options.stop)}
+
+
+def json_response(model: Any) -> Response:
+    return Response(content=model.model_dump_json(), media_type="application/json")
+
+
+def check_model(name: str | None, runtime: ModelRuntime) -> None:
+    """404 unless `name` (when given) is one of the live model's names."""
+    if name is not None and name not in runtime.names:
+        raise OpenAIError(404, f"The model `{name}` does not exist; this server serves "
+                               f"{', '.join(runtime.names)} (see GET /v1/models).", param="model", code="model_not_found")
+
+
+def structured_output(response_format: ResponseFormat | None, runtime: ModelRuntime) -> StructuredOutput | None:
+    """The engine-level constraint for `response_format`; a 400 naming the engine that can do it when this one cannot."""
+    if response_format is None or not response_format.constrained:
+        return None
+    if not getattr(runtime.engine, "supports_structured_output", False):
+        raise OpenAIError(400, f"response_format {response_format.type} (structured output) needs the vllm engine; this "
+                               f"server runs the {runtime.engine_kind} engine. Restart it with --engine vllm in the "
+                               f"serving env, or drop response_format.", param="response_format",
+                          code="unsupported_parameter")
+    if response_format.type == "json_object":
+        return StructuredOutput("json_object")
+    assert response_format.json_schema is not None
+    return StructuredOutput("json_schema", response_format.json_schema.schema_)
+
+
+@dataclass
+class ChoiceState:
+    """Per-choice accumulation: text (with OpenChat's first-space strip for chat), token ids, logprobs."""
+
+    strip_first_space: bool = True
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    started: bool = False
+
+    def add(self, delta: Delta) -> str:
+        text = delta.text
+        if not self.started and text:
+            self.started = True
+            if self.strip_first_space and text.startswith(" "):
+                text = text[1:]
+        self.text += text
+        self.token_ids.extend(delta.token_ids)
+        self.logprobs.extend(delta.logprobs)
+        if delta.finish_reason is not None:
+            self.finish_reason = delta.finish_reason
+        return text
+
+
+@dataclass
+class Accounting:
+    """What one request produced, for usage, metrics and the request log."""
+
+    prompt_tokens: int
+    choices: list[ChoiceState]
+    completion_tokens: int = 0
+    first_token_at: float | None = None
+    started_at: float = field(default_factory=time.perf_counter)
+
+    def add(self, delta: Delta) -> str:
+        if delta.token_ids and self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.completion_tokens += len(delta.token_ids)
+        return self.choices[delta.index].add(delta)
+
+    @property
+    def finished(self) -> bool:
+        return all(c.finish_reason is not None for c in self.choices)
+
+    def usage(self) -> Usage:
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                     total_tokens=self.prompt_tokens + self.completion_tokens)
+
+    def account(self, metrics: ServingMetrics, record: dict[str, Any], log_outputs: bool) -> None:
+        metrics.completion_tokens.inc(self.completion_tokens)
+        ttft = None
+        if self.first_token_at is not None:
+            ttft = self.first_token_at - self.started_at
+            metrics.ttft.observe(ttft)
+        record.update({"completion_tokens": self.completion_tokens, "ttft_s": round(ttft, 4) if ttft is not None else None,
+                       "finish_reasons": [c.finish_reason for c in self.choices]})
+        if log_outputs:
+            record["outputs"] = [c.text for c in self.choices]
