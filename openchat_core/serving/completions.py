@@ -88,6 +88,11 @@ class CompletionService:
 
     async def _prompts(self, body: CompletionRequest, runtime: ModelRuntime) -> list[Prompt]:
         tokenizer = runtime.tokenizer
+        vocab = len(tokenizer)
+        for index, prompt in enumerate(body.prompts):
+            if not isinstance(prompt, str) and max(prompt) >= vocab:
+                raise OpenAIError(400, f"prompt {index} has token id(s) outside the vocabulary (0..{vocab - 1})",
+                                  param="prompt", code="invalid_request")
 
         def build() -> list[Prompt]:
             out = []
@@ -100,11 +105,7 @@ class CompletionService:
             return out
 
         size = sum(len(p) for p in body.prompts)
-        try:
-            return await asyncio.to_thread(build) if size > TOKENIZE_IN_THREAD_CHARS else build()
-        except (OverflowError, IndexError, TypeError, ValueError) as exc:  # ids outside the vocabulary
-            raise OpenAIError(400, f"prompt token ids cannot be decoded by this model's tokenizer: {exc}",
-                              param="prompt", code="invalid_request") from exc
+        return await asyncio.to_thread(build) if size > TOKENIZE_IN_THREAD_CHARS else build()
 
     def _max_tokens(self, body: CompletionRequest, prompts: list[Prompt], max_context: int) -> int:
         requested = DEFAULT_COMPLETION_TOKENS if body.max_tokens is None else body.max_tokens
