@@ -10,6 +10,7 @@ Run: .venv/bin/python -m pytest tests/integration/test_lm_eval.py -m integration
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,7 +136,10 @@ def test_generation_task_outputs_equal_greedy_transformers(server, reference, tm
         if model == "local-completions":
             expected = reference.tokenizer.decode(reference.greedy(reference.encode(context), 6, eot))
         else:  # the chat route renders the OpenChat template and strips the answer's first space
-            prompt = reference.template.prompt_ids([{"role": "user", "content": context}])
+            # lm-eval logs the chat as its JsonChatStr named tuple: [json of the messages]
+            messages = json.loads(context[0] if isinstance(context, list) else context)
+            assert messages[-1]["role"] == "user" and messages[-1]["content"].startswith("Q: ")
+            prompt = reference.template.prompt_ids(messages)
             expected = reference.tokenizer.decode(reference.greedy(prompt, 6, eot)).removeprefix(" ")
         expected = expected.split("\n")[0]
         output = sample["resps"][0][0]
