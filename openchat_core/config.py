@@ -122,7 +122,16 @@ class EvalConfig(Section):
     engine: Literal["auto", "vllm", "transformers"] = "auto"
     max_new_tokens: int = Field(64, ge=1)
     limit_per_task: int | None = Field(None, ge=1, description="evaluate only the first N questions of each task (quick runs)")
-    primary_metric: str = Field("eval/loss", description="metric that picks the best epoch, e.g. eval/loss or gen/accuracy")
+    harness: list[str] = Field(default_factory=list, description="lm-eval tasks run against each candidate served on a "
+                               "temporary loopback port (names from harness_include or installed tasks that need no "
+                               "download); scores are harness/<task>/<metric>; empty = off")
+    harness_include: str | None = Field(None, description="folder of local lm-eval task YAML files for eval.harness")
+    harness_model: Literal["local-completions", "local-chat-completions"] = Field(
+        "local-completions", description="lm-eval model: completions (log-likelihood and generation tasks) or chat "
+                                         "completions (generation tasks only, through the OpenChat template)")
+    harness_limit: int | None = Field(None, ge=1, description="lm-eval --limit: the first N documents of each task")
+    primary_metric: str = Field("eval/loss", description="metric that picks the best epoch, e.g. eval/loss, gen/accuracy "
+                                                         "or harness/<task>/acc")
     direction: Literal["minimize", "maximize"] = "minimize"
     tie_break: Literal["later_epoch", "lower_loss"] = "later_epoch"
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from openchat_core.config import PipelineConfig
 from openchat_core.digest import file_digest, text_digest
+from openchat_core.evaluation.harness import HARNESS_PREFIX
 from openchat_core.markdown import markdown_table
 from openchat_core.registry.promotion import promote_candidate
 from openchat_core.registry.selection import EpochScore, select_best
@@ -47,6 +48,7 @@ class Registration(BaseModel):
     metric: str
     value: float
     reason: str
+    harness: dict[str, float] = {}  # the candidate's lm-eval scores (eval.harness), shown in the decision
 
 
 def eval_key(cfg: PipelineConfig, heldout_key: str | None) -> str:
@@ -56,7 +58,13 @@ def eval_key(cfg: PipelineConfig, heldout_key: str | None) -> str:
         from openchat_core.evaluation.eval_data import load_eval_data
 
         gen = load_eval_data(cfg.path(cfg.eval.eval_data), cfg.eval.eval_sets, limit_per_task=cfg.eval.limit_per_task).digest
-    return text_digest("eval", gen, cfg.eval.condition, str(cfg.eval.max_new_tokens), heldout_key or "-")
+    harness = "-"
+    if cfg.eval.harness:
+        include = cfg.path(cfg.eval.harness_include) if cfg.eval.harness_include else None
+        files = sorted(include.rglob("*")) if include else []
+        harness = text_digest(",".join(cfg.eval.harness), cfg.eval.harness_model, str(cfg.eval.harness_limit),
+                              *(file_digest(f) for f in files if f.is_file()))
+    return text_digest("eval", gen, cfg.eval.condition, str(cfg.eval.max_new_tokens), heldout_key or "-", harness)
 
 
 def summary_metrics(summary: Any) -> dict[str, float]:
@@ -79,6 +87,13 @@ def evaluate_checkpoint(checkpoint: str, cfg: PipelineConfig, out_dir: Path, hel
                                      condition=cfg.eval.condition, engine=cfg.eval.engine, max_new_tokens=cfg.eval.max_new_tokens,
                                      limit_per_task=cfg.eval.limit_per_task)
         metrics.update(summary_metrics(result.summary))
+    if cfg.eval.harness:
+        from openchat_core.evaluation.harness import evaluate_served
+
+        include = [cfg.path(cfg.eval.harness_include)] if cfg.eval.harness_include else []
+        harness = evaluate_served(checkpoint, cfg.eval.harness, out_dir / "harness", model=cfg.eval.harness_model,
+                                  include_paths=include, limit=cfg.eval.harness_limit, engine=cfg.eval.engine)
+        metrics.update(harness.metrics)
     if recorded and "eval/loss" in recorded:
         metrics.update({k: v for k, v in recorded.items() if k.startswith("eval/")})
     elif heldout_file:
@@ -105,7 +120,8 @@ def evaluate_epoch_task(layout: StorageLayout, checkpoint: EpochCheckpoint, cfg:
         from openchat_core.tracking import MlflowTracker
 
         tracker = MlflowTracker(tracking.uri, run_id=train_run_id)
-        tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("gen/")}, step=checkpoint.epoch)
+        tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith(("gen/", f"{HARNESS_PREFIX}/"))},
+                            step=checkpoint.epoch)
         tracker.flush()
         if (final / "summary.json").is_file():
             tracker.log_artifact(str(final / "summary.json"), f"eval/ep_{checkpoint.epoch}")
@@ -157,7 +173,8 @@ def register_best_task(cfg: PipelineConfig, evals: list[EpochEval], key: str, tr
         version = registry.register(best.checkpoint, train_run_id, {**tags, WEIGHTS_TAG: weights_digest})
         logger.info("registered %s v%s: %s", registry.name, version.version, selection.reason)
     return Registration(version=version.version, epoch=best.epoch, checkpoint=best.checkpoint, metric=cfg.eval.primary_metric,
-                        value=selection.value, reason=selection.reason)
+                        value=selection.value, reason=selection.reason,
+                        harness={k: v for k, v in best.metrics.items() if k.startswith(f"{HARNESS_PREFIX}/")})
 
 
 @task(name="promote", cache_policy=NONE)
@@ -178,7 +195,12 @@ def promote_task(cfg: PipelineConfig, registration: Registration, key: str, trac
     row = {"candidate": f"v{decision.candidate}", "champion before": f"v{decision.champion_before}" if decision.champion_before else "-",
            "metric": decision.metric, "candidate value": decision.candidate_value, "champion value": decision.champion_value,
            "margin": decision.margin, "outcome": decision.action, "champion now": f"v{decision.champion_after}"}
+    harness = ""
+    if registration.harness:
+        rows = [{"lm-eval metric": k.removeprefix(f"{HARNESS_PREFIX}/"), "candidate": round(v, 4)}
+                for k, v in sorted(registration.harness.items())]
+        harness = f"\n\n### lm-eval scores of the candidate\n\n{markdown_table(rows)}"
     publish_markdown("promotion-decision", f"## Promotion decision: **{decision.action}**\n\n{markdown_table([row])}\n\n{decision.reason}"
-                     + ("\n\n(The champion was re-evaluated on this evaluation.)" if decision.champion_reevaluated else ""),
-                     description=f"{registry.name}: candidate vs champion")
-    return decision.to_dict()
+                     + ("\n\n(The champion was re-evaluated on this evaluation.)" if decision.champion_reevaluated else "")
+                     + harness, description=f"{registry.name}: candidate vs champion")
+    return {**decision.to_dict(), "harness": registration.harness}

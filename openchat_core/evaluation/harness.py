@@ -68,13 +68,13 @@ def harness_command(base_url: str, model_name: str, tasks: Sequence[str], output
 
 
 def harness_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """lm-eval's `results` block as `harness/<task>/<metric>` floats (stderr and non-numbers left out)."""
+    """lm-eval's `results` block as `harness/<task>/<metric>` floats (stderrs and bookkeeping left out)."""
     metrics: dict[str, float] = {}
     for task, values in results.get("results", {}).items():
         for key, value in values.items():
-            metric, _, filter_name = key.partition(",")
-            if "_stderr" in metric or isinstance(value, bool) or not isinstance(value, int | float):
-                continue
+            metric, comma, filter_name = key.partition(",")
+            if not comma or "_stderr" in metric or isinstance(value, bool) or not isinstance(value, int | float):
+                continue  # scores are "<metric>,<filter>"; "alias", "sample_len" and stderrs are not
             name = metric if filter_name in ("", "none") else f"{metric}_{filter_name}"
             metrics[f"{HARNESS_PREFIX}/{task}/{name}"] = float(value)
     return metrics
@@ -104,3 +104,34 @@ def run_harness(base_url: str, model_name: str, tasks: Sequence[str], output_dir
         if files:
             samples[task] = [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
     return HarnessResult(harness_metrics(results), results, samples, results_files[-1].parent)
+
+
+def _loopback_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def evaluate_served(checkpoint: str | Path, tasks: Sequence[str], out_dir: Path, *, model: str = "local-completions",
+                    include_paths: Sequence[Path] = (), limit: int | None = None, engine: str = "auto",
+                    ready_timeout_s: float = 600.0) -> HarnessResult:
+    """Serve `checkpoint` on a temporary loopback port (a fresh key), run lm-eval's `tasks` against it, stop it.
+
+    The candidate is evaluated exactly as it will be served (same app, template, engine), which is
+    what a promotion gate should measure.
+    """
+    import secrets
+
+    from openchat_core.serving.deploy import deploy_model, stop_server
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(24)
+    handle = deploy_model(f"http://127.0.0.1:{_loopback_port()}", None, checkpoint, served_name="candidate",
+                          api_key=key, engine=engine, log_path=out_dir / "server.log", ready_timeout_s=ready_timeout_s)
+    try:
+        return run_harness(handle.url, "candidate", tasks, out_dir / "lm_eval", model=model,
+                           include_paths=include_paths, limit=limit, api_key=key)
+    finally:
+        stop_server(handle.pid)
