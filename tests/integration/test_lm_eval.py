@@ -146,3 +146,23 @@ def test_generation_task_outputs_equal_greedy_transformers(server, reference, tm
         assert output == expected, (model, context)
         matches.append(float(output.strip().lower() == sample["target"].lower()))
     assert result.metrics["harness/openchat_gen/exact_match"] == pytest.approx(sum(matches) / len(matches))
+
+
+def test_readme_lm_eval_commands_run_against_the_server(server, tmp_path):
+    """The README's "Evaluate the endpoint with lm-eval" block, as written, pointed at this server."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    (block,) = re.findall(r"<!-- readme-lm-eval -->\s*```bash\n(.*?)```", (root / "README.md").read_text(), re.S)
+    block = (block.replace("http://localhost:18888", server.url).replace("sk-KEY1", KEY)
+             .replace("model=openchat-demo", "model=tiny").replace("runs/lm-eval", str(tmp_path))
+             .replace(".venv/bin/python", sys.executable))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=root, env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    results = [json.loads(p.read_text())["results"] for p in tmp_path.rglob("results_*.json")]
+    assert {task for r in results for task in r} == {"openchat_mc", "openchat_gen"}
