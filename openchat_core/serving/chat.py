@@ -44,11 +44,12 @@ from openchat_core.serving.lifecycle import (
     ChoiceState,
     ClientDisconnected,
     Lease,
-    check_model,
+    check_request,
+    context_length_error,
     engine_error,
     json_response,
     params_for_log,
-    structured_output,
+    sampling_options,
     until_disconnect,
 )
 from openchat_core.serving.logprobs import TokenTexts, chat_logprobs
@@ -57,6 +58,7 @@ from openchat_core.serving.protocol import (
     AssistantMessage,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChatMessage,
     Choice,
     Usage,
 )
@@ -80,6 +82,44 @@ class PreparedChat:
     texts: TokenTexts
 
 
+def conversation(messages: list[ChatMessage], enable_system_prompt: bool) -> tuple[list[dict[str, str]], str]:
+    """Template items (with the open assistant turn) and the merged system text, by the rules in the module docstring."""
+    system_parts = [m.text().strip() for m in messages if m.role == "system"]
+    system = "\n".join(p for p in system_parts if p) if enable_system_prompt else ""
+    items = [{"role": m.role, "content": m.text()} for m in messages if m.role != "system"]
+    if not items:
+        raise OpenAIError(400, "messages must contain at least one user or assistant message "
+                               "(system messages alone are not a conversation).", param="messages",
+                          code="invalid_request")
+    if items[-1]["role"] != "assistant":
+        items.append({"role": "assistant", "content": ""})
+    return items, system
+
+
+def check_condition(condition: str, runtime: ModelRuntime) -> None:
+    bad = [t for t in runtime.special_tokens if t in condition]
+    if bad:
+        raise OpenAIError(400, f"condition must be plain text; it contains the special token(s) {', '.join(bad[:3])}. "
+                               f"Use a condition such as \"GPT4 Correct\" or \"Math Correct\".",
+                          param="condition", code="invalid_request")
+
+
+def render_ids(runtime: ModelRuntime, items: list[dict[str, str]], condition: str, system: str) -> list[int]:
+    tokens, _ = runtime.template.tokenize([{"items": items, "condition": condition, "system": system}], inference=True)
+    return tokens[0]
+
+
+async def render_prompt(runtime: ModelRuntime, messages: list[ChatMessage], condition: str,
+                        enable_system_prompt: bool) -> list[int]:
+    """The prompt ids of a chat request: the training template's rendering (big prompts off the event loop)."""
+    check_condition(condition, runtime)
+    items, system = conversation(messages, enable_system_prompt)
+    size = len(system) + sum(len(i["content"]) for i in items)
+    if size > RENDER_IN_THREAD_CHARS:
+        return await asyncio.to_thread(render_ids, runtime, items, condition, system)
+    return render_ids(runtime, items, condition, system)
+
+
 class ChatService:
     def __init__(self, settings: ServeSettings, manager: ModelManager, metrics: ServingMetrics) -> None:
         self.settings = settings
@@ -88,35 +128,6 @@ class ChatService:
 
     # ---- request -> prompt --------------------------------------------------------------------
 
-    def _conversation(self, body: ChatCompletionRequest) -> tuple[list[dict[str, str]], str]:
-        system_parts = [m.text().strip() for m in body.messages if m.role == "system"]
-        system = "\n".join(p for p in system_parts if p) if self.settings.enable_system_prompt else ""
-        items = [{"role": m.role, "content": m.text()} for m in body.messages if m.role != "system"]
-        if not items:
-            raise OpenAIError(400, "messages must contain at least one user or assistant message "
-                                   "(system messages alone are not a conversation).", param="messages",
-                              code="invalid_request")
-        if items[-1]["role"] != "assistant":
-            items.append({"role": "assistant", "content": ""})
-        return items, system
-
-    def _check_condition(self, condition: str, runtime: ModelRuntime) -> None:
-        bad = [t for t in runtime.special_tokens if t in condition]
-        if bad:
-            raise OpenAIError(400, f"condition must be plain text; it contains the special token(s) {', '.join(bad[:3])}. "
-                                   f"Use a condition such as \"GPT4 Correct\" or \"Math Correct\".",
-                              param="condition", code="invalid_request")
-
-    async def _render(self, runtime: ModelRuntime, items: list[dict[str, str]], condition: str, system: str) -> list[int]:
-        conversation = {"items": items, "condition": condition, "system": system}
-
-        def render() -> list[int]:
-            tokens, _ = runtime.template.tokenize([conversation], inference=True)
-            return tokens[0]
-
-        size = len(system) + sum(len(i["content"]) for i in items)
-        return await asyncio.to_thread(render) if size > RENDER_IN_THREAD_CHARS else render()
-
     def _max_tokens(self, body: ChatCompletionRequest, prompt_len: int, max_context: int) -> int:
         requested = body.requested_max_tokens
         room = max_context - prompt_len
@@ -124,38 +135,16 @@ class ChatService:
             requested = room if self.settings.default_max_tokens is None else min(self.settings.default_max_tokens, room)
         if prompt_len + requested > max_context or requested < 1:
             shown = max(requested, 1) if body.requested_max_tokens is not None else max(room, 0)
-            raise OpenAIError(
-                400,
-                f"This model's maximum context length is {max_context} tokens. However, you requested "
-                f"{prompt_len + shown} tokens ({prompt_len} in the messages, {shown} in the completion). "
-                f"Please reduce the length of the messages or completion.",
-                param="messages", code="context_length_exceeded")
+            raise context_length_error(max_context, prompt_len, shown, "the messages", "messages")
         return requested
 
     async def prepare(self, body: ChatCompletionRequest, runtime: ModelRuntime) -> PreparedChat:
-        check_model(body.model, runtime)
-        unsupported = body.unsupported_feature()
-        if unsupported is not None:
-            raise OpenAIError(400, unsupported[1], param=unsupported[0], code="unsupported_parameter")
-        structured = structured_output(body.response_format, runtime)
-        self._check_condition(body.condition, runtime)
-        items, system = self._conversation(body)
-        prompt_ids = await self._render(runtime, items, body.condition, system)
+        structured = check_request(body, runtime)
+        prompt_ids = await render_prompt(runtime, body.messages, body.condition, self.settings.enable_system_prompt)
         max_tokens = self._max_tokens(body, len(prompt_ids), runtime.max_context)
-        options = SamplingOptions(
-            max_tokens=max_tokens,
-            stop_token_ids=runtime.stop_token_ids,
-            n=body.n_choices,
-            temperature=DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
-            seed=body.seed,
-            presence_penalty=body.presence_penalty or 0.0,
-            frequency_penalty=body.frequency_penalty or 0.0,
-            stop=tuple(body.stop_sequences),
-            stream=bool(body.stream),
-            logprobs=(body.top_logprobs or 0) if body.logprobs else None,
-            structured=structured,
-        )
+        options = sampling_options(body, max_tokens=max_tokens, stop_token_ids=runtime.stop_token_ids,
+                                   default_temperature=DEFAULT_TEMPERATURE,
+                                   logprobs=(body.top_logprobs or 0) if body.logprobs else None, structured=structured)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return PreparedChat(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), runtime, prompt_ids, options, include_usage,
                             TokenTexts(runtime.tokenizer))

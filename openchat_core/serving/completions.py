@@ -34,11 +34,12 @@ from openchat_core.serving.lifecycle import (
     ChoiceState,
     ClientDisconnected,
     Lease,
-    check_model,
+    check_request,
+    context_length_error,
     engine_error,
     json_response,
     params_for_log,
-    structured_output,
+    sampling_options,
     until_disconnect,
 )
 from openchat_core.serving.logprobs import TokenTexts, completion_logprobs
@@ -115,40 +116,20 @@ class CompletionService:
                 requested = max(1, min(requested, max_context - length))
             if length + max(requested, 1) > max_context:
                 where = f"prompt {index}" if len(prompts) > 1 else "the prompt"
-                raise OpenAIError(
-                    400, f"This model's maximum context length is {max_context} tokens. However, you requested "
-                         f"{length + max(requested, 1)} tokens ({length} in {where}, {max(requested, 1)} in the "
-                         f"completion{'; scoring a prompt needs one free position' if requested == 0 else ''}). "
-                         f"Please reduce the length of the prompt or completion.",
-                    param="prompt", code="context_length_exceeded")
+                note = "; scoring a prompt needs one free position" if requested == 0 else ""
+                raise context_length_error(max_context, length, max(requested, 1), where, "prompt", note)
         return requested
 
     async def prepare(self, body: CompletionRequest, runtime: ModelRuntime) -> PreparedCompletion:
-        check_model(body.model, runtime)
-        unsupported = body.unsupported_feature()
-        if unsupported is not None:
-            raise OpenAIError(400, unsupported[1], param=unsupported[0], code="unsupported_parameter")
-        structured = structured_output(body.response_format, runtime)
+        structured = check_request(body, runtime)
         prompts = await self._prompts(body, runtime)
         if any(not p.ids for p in prompts):
             raise OpenAIError(400, "a prompt tokenized to no tokens; send text or add_special_tokens: true",
                               param="prompt", code="invalid_request")
         max_tokens = self._max_tokens(body, prompts, runtime.max_context)
-        options = SamplingOptions(
-            max_tokens=max(max_tokens, 1),
-            stop_token_ids=runtime.stop_token_ids,
-            n=body.n_choices,
-            temperature=DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
-            seed=body.seed,
-            presence_penalty=body.presence_penalty or 0.0,
-            frequency_penalty=body.frequency_penalty or 0.0,
-            stop=tuple(body.stop_sequences),
-            stream=bool(body.stream),
-            logprobs=body.logprobs,
-            prompt_logprobs=body.logprobs if body.echo else None,
-            structured=structured,
-        )
+        options = sampling_options(body, max_tokens=max(max_tokens, 1), stop_token_ids=runtime.stop_token_ids,
+                                   default_temperature=DEFAULT_TEMPERATURE, logprobs=body.logprobs,
+                                   prompt_logprobs=body.logprobs if body.echo else None, structured=structured)
         return PreparedCompletion(f"cmpl-{uuid.uuid4().hex}", int(time.time()), runtime, prompts, options, body.echo,
                                   max_tokens == 0, body.logprobs,
                                   bool(body.stream_options and body.stream_options.include_usage),

@@ -28,7 +28,7 @@ from openchat_core.serving.engines.base import (
 )
 from openchat_core.serving.errors import OpenAIError
 from openchat_core.serving.metrics import ServingMetrics
-from openchat_core.serving.protocol import ResponseFormat, Usage
+from openchat_core.serving.protocol import ResponseFormat, SamplingFields, Usage
 from openchat_core.serving.runtime import ModelRuntime, ModelSwitchError
 
 logger = logging.getLogger("openchat_core.serving")
@@ -116,6 +116,43 @@ def check_model(name: str | None, runtime: ModelRuntime) -> None:
     if name is not None and name not in runtime.names:
         raise OpenAIError(404, f"The model `{name}` does not exist; this server serves "
                                f"{', '.join(runtime.names)} (see GET /v1/models).", param="model", code="model_not_found")
+
+
+def check_request(body: SamplingFields, runtime: ModelRuntime) -> StructuredOutput | None:
+    """The checks every generation route makes first: model name, unsupported fields, response format."""
+    check_model(body.model, runtime)
+    unsupported = body.unsupported_feature()  # type: ignore[attr-defined]
+    if unsupported is not None:
+        raise OpenAIError(400, unsupported[1], param=unsupported[0], code="unsupported_parameter")
+    return structured_output(body.response_format, runtime)
+
+
+def context_length_error(max_context: int, prompt_len: int, completion: int, where: str, param: str,
+                         note: str = "") -> OpenAIError:
+    """OpenAI's context-length message, with the numbers; `where` is e.g. "the messages" or "prompt 2"."""
+    return OpenAIError(400, f"This model's maximum context length is {max_context} tokens. However, you requested "
+                            f"{prompt_len + completion} tokens ({prompt_len} in {where}, {completion} in the "
+                            f"completion{note}). Please reduce the length of the {param} or completion.",
+                       param=param, code="context_length_exceeded")
+
+
+def sampling_options(body: SamplingFields, *, max_tokens: int, stop_token_ids: tuple[int, ...],
+                     default_temperature: float, **extra: Any) -> SamplingOptions:
+    """The engine options both routes derive the same way from the shared request fields."""
+    temperature = getattr(body, "temperature", None)
+    return SamplingOptions(
+        max_tokens=max_tokens,
+        stop_token_ids=stop_token_ids,
+        n=body.n_choices,
+        temperature=default_temperature if temperature is None else temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        seed=body.seed,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        stop=tuple(body.stop_sequences),
+        stream=bool(body.stream),
+        **extra,
+    )
 
 
 def structured_output(response_format: ResponseFormat | None, runtime: ModelRuntime) -> StructuredOutput | None:

@@ -8,6 +8,7 @@ exactly the ids the model sees: text prompts go through the checkpoint's tokeniz
 
 from __future__ import annotations
 
+from openchat_core.serving.chat import check_condition, conversation, render_ids
 from openchat_core.serving.errors import OpenAIError
 from openchat_core.serving.lifecycle import check_model
 from openchat_core.serving.protocol import (
@@ -23,16 +24,9 @@ from openchat_core.serving.runtime import ModelRuntime
 def tokenize(body: TokenizeRequest, runtime: ModelRuntime, enable_system_prompt: bool) -> TokenizeResponse:
     check_model(body.model, runtime)
     if body.messages is not None:
-        bad = [t for t in runtime.special_tokens if t in body.condition]
-        if bad:
-            raise OpenAIError(400, f"condition must be plain text; it contains the special token(s) {', '.join(bad[:3])}.",
-                              param="condition", code="invalid_request")
-        system = "\n".join(p for p in (m.text().strip() for m in body.messages if m.role == "system") if p)
-        items = [{"role": m.role, "content": m.text()} for m in body.messages if m.role != "system"]
-        if not items or items[-1]["role"] != "assistant":
-            items.append({"role": "assistant", "content": ""})
-        ids = runtime.template.tokenize([{"items": items, "condition": body.condition,
-                                          "system": system if enable_system_prompt else ""}], inference=True)[0][0]
+        check_condition(body.condition, runtime)
+        items, system = conversation(body.messages, enable_system_prompt)
+        ids = render_ids(runtime, items, body.condition, system)
     else:
         ids = list(runtime.tokenizer(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"])
     strs = runtime.tokenizer.convert_ids_to_tokens(ids) if body.return_token_strs else None
