@@ -33,27 +33,21 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
-from starlette.background import BackgroundTask
 
 from openchat_core.serving.engines.base import EngineError, SamplingOptions, shielded_abort
 from openchat_core.serving.errors import OpenAIError
 from openchat_core.serving.lifecycle import (
     Accounting,
     ChoiceState,
-    ClientDisconnected,
+    GenerationService,
     Lease,
     check_request,
     context_length_error,
     engine_error,
-    json_response,
     params_for_log,
     sampling_options,
-    until_disconnect,
 )
 from openchat_core.serving.logprobs import TokenTexts, chat_logprobs
-from openchat_core.serving.metrics import LOG_STATE_KEY, ServingMetrics
 from openchat_core.serving.protocol import (
     AssistantMessage,
     ChatCompletionRequest,
@@ -62,8 +56,7 @@ from openchat_core.serving.protocol import (
     Choice,
     Usage,
 )
-from openchat_core.serving.runtime import ModelManager, ModelRuntime, ModelSwitchError
-from openchat_core.serving.settings import ServeSettings
+from openchat_core.serving.runtime import ModelRuntime
 
 logger = logging.getLogger("openchat_core.serving")
 
@@ -120,12 +113,7 @@ async def render_prompt(runtime: ModelRuntime, messages: list[ChatMessage], cond
     return render_ids(runtime, items, condition, system)
 
 
-class ChatService:
-    def __init__(self, settings: ServeSettings, manager: ModelManager, metrics: ServingMetrics) -> None:
-        self.settings = settings
-        self.manager = manager
-        self.metrics = metrics
-
+class ChatService(GenerationService):
     # ---- request -> prompt --------------------------------------------------------------------
 
     def _max_tokens(self, body: ChatCompletionRequest, prompt_len: int, max_context: int) -> int:
@@ -151,68 +139,38 @@ class ChatService:
 
     # ---- route ----------------------------------------------------------------------------------
 
-    async def create(self, body: ChatCompletionRequest, raw: Request) -> Response:
-        record: dict[str, Any] = raw.scope.get("state", {}).get(LOG_STATE_KEY, {})
-        record.update({"model": body.model, "n": body.n_choices, "stream": bool(body.stream)})
-        try:
-            runtime = self.manager.live()  # resolved once: this request stays on this model even if a switch happens
-        except ModelSwitchError as exc:
-            raise engine_error(exc) from exc
-        lease = Lease(runtime, self.metrics)
-        handed_off = False
-        try:
-            record.update({"served_name": runtime.served_name, "registry_version": runtime.registry_version,
-                           "engine": runtime.engine_kind, "condition": body.condition})
-            prep = await self.prepare(body, runtime)
-            record.update({"request_id": prep.request_id, "prompt_tokens": len(prep.prompt_ids),
-                           "params": params_for_log(prep.options)})
-            if self.settings.log_prompts:
-                record["messages"] = [{"role": m.role, "content": m.text()} for m in body.messages]
-            self.metrics.prompt_tokens.inc(len(prep.prompt_ids))
-            acct = Accounting(len(prep.prompt_ids), [ChoiceState() for _ in range(prep.options.n)])
-            if body.stream:
-                response = StreamingResponse(self._stream(prep, acct, lease, record), media_type="text/event-stream",
-                                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                                             background=BackgroundTask(lease.release))
-                handed_off = True
-                return response
-            try:
-                await until_disconnect(raw, self._collect(prep, acct))
-            except ClientDisconnected:
-                record["error"] = "client disconnected"
-                await shielded_abort(runtime.engine, prep.request_id)  # the engine may not abort on cancellation alone
-                return Response(status_code=499)
-            except Exception as exc:
-                error = engine_error(exc)
-                record["error"] = error.message
-                raise error from exc
-            finally:
-                acct.account(self.metrics, record, self.settings.log_prompts)
-            return json_response(ChatCompletionResponse(
-                id=prep.request_id, created=prep.created, model=runtime.served_name,
-                choices=[Choice(index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason or "stop",
-                                logprobs=self._logprobs(prep, c.logprobs))
-                         for i, c in enumerate(acct.choices)],
-                usage=acct.usage(), system_fingerprint=runtime.fingerprint))
-        except OpenAIError as exc:
-            record.setdefault("error", exc.message)
-            raise
-        finally:
-            if not handed_off:
-                lease.release()
+    def begin(self, body: ChatCompletionRequest, prep: PreparedChat, record: dict[str, Any]) -> Accounting:
+        record.update({"condition": body.condition, "request_id": prep.request_id, "prompt_tokens": len(prep.prompt_ids),
+                       "params": params_for_log(prep.options)})
+        if self.settings.log_prompts:
+            record["messages"] = [{"role": m.role, "content": m.text()} for m in body.messages]
+        self.metrics.prompt_tokens.inc(len(prep.prompt_ids))
+        return Accounting(len(prep.prompt_ids), [ChoiceState() for _ in range(prep.options.n)])
+
+    def respond(self, prep: PreparedChat, acct: Accounting) -> ChatCompletionResponse:
+        runtime = prep.runtime
+        return ChatCompletionResponse(
+            id=prep.request_id, created=prep.created, model=runtime.served_name,
+            choices=[Choice(index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason or "stop",
+                            logprobs=self._logprobs(prep, c.logprobs))
+                     for i, c in enumerate(acct.choices)],
+            usage=acct.usage(), system_fingerprint=runtime.fingerprint)
+
+    async def abort(self, prep: PreparedChat) -> None:
+        await shielded_abort(prep.runtime.engine, prep.request_id)
 
     @staticmethod
     def _logprobs(prep: PreparedChat, entries: Any) -> Any:
         return chat_logprobs(entries, prep.texts) if prep.options.logprobs is not None else None
 
-    async def _collect(self, prep: PreparedChat, acct: Accounting) -> None:
+    async def collect(self, prep: PreparedChat, acct: Accounting) -> None:
         engine = prep.runtime.engine
         async for delta in engine.generate(prep.request_id, prep.prompt_ids, prep.options):
             acct.add(delta)
         if not acct.finished:
             raise EngineError("the engine ended the request without finishing every choice")
 
-    async def _stream(self, prep: PreparedChat, acct: Accounting, lease: Lease, record: dict[str, Any]) -> AsyncIterator[str]:
+    async def stream(self, prep: PreparedChat, acct: Accounting, lease: Lease, record: dict[str, Any]) -> AsyncIterator[str]:
         runtime = prep.runtime
         base = {"id": prep.request_id, "object": "chat.completion.chunk", "created": prep.created,
                 "model": runtime.served_name, "system_fingerprint": runtime.fingerprint}
@@ -250,7 +208,7 @@ class ChatService:
         finally:
             if not acct.finished:
                 record.setdefault("error", "client disconnected")
-                await shielded_abort(runtime.engine, prep.request_id)
-            acct.account(self.metrics, record, self.settings.log_prompts)
+                await self.abort(prep)
+            self.account(prep, acct, record)
             lease.release()
         yield "data: [DONE]\n\n"

@@ -23,35 +23,28 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
-from starlette.background import BackgroundTask
 
 from openchat_core.serving.engines.base import Delta, EngineError, SamplingOptions, TokenLogprob, shielded_abort
 from openchat_core.serving.errors import OpenAIError
 from openchat_core.serving.lifecycle import (
     Accounting,
     ChoiceState,
-    ClientDisconnected,
+    GenerationService,
     Lease,
     check_request,
     context_length_error,
     engine_error,
-    json_response,
     params_for_log,
     sampling_options,
-    until_disconnect,
 )
 from openchat_core.serving.logprobs import TokenTexts, completion_logprobs
-from openchat_core.serving.metrics import LOG_STATE_KEY, ServingMetrics
 from openchat_core.serving.protocol import (
     DEFAULT_COMPLETION_TOKENS,
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
 )
-from openchat_core.serving.runtime import ModelManager, ModelRuntime, ModelSwitchError
-from openchat_core.serving.settings import ServeSettings
+from openchat_core.serving.runtime import ModelRuntime
 
 DEFAULT_TEMPERATURE = 1.0  # OpenAI's and vLLM's completions default
 TOKENIZE_IN_THREAD_CHARS = 20_000
@@ -81,12 +74,7 @@ class PreparedCompletion:
         return f"{self.request_id}-{p}"
 
 
-class CompletionService:
-    def __init__(self, settings: ServeSettings, manager: ModelManager, metrics: ServingMetrics) -> None:
-        self.settings = settings
-        self.manager = manager
-        self.metrics = metrics
-
+class CompletionService(GenerationService):
     async def _prompts(self, body: CompletionRequest, runtime: ModelRuntime) -> list[Prompt]:
         tokenizer = runtime.tokenizer
         vocab = len(tokenizer)
@@ -137,56 +125,20 @@ class CompletionService:
 
     # ---- route ----------------------------------------------------------------------------------
 
-    async def create(self, body: CompletionRequest, raw: Request) -> Response:
-        record: dict[str, Any] = raw.scope.get("state", {}).get(LOG_STATE_KEY, {})
-        record.update({"model": body.model, "n": body.n_choices, "stream": bool(body.stream), "echo": body.echo,
-                       "logprobs": body.logprobs})
-        try:
-            runtime = self.manager.live()
-        except ModelSwitchError as exc:
-            raise engine_error(exc) from exc
-        lease = Lease(runtime, self.metrics)
-        handed_off = False
-        try:
-            record.update({"served_name": runtime.served_name, "registry_version": runtime.registry_version,
-                           "engine": runtime.engine_kind})
-            prep = await self.prepare(body, runtime)
-            prompt_tokens = sum(len(p.ids) for p in prep.prompts)
-            record.update({"request_id": prep.request_id, "prompts": len(prep.prompts), "prompt_tokens": prompt_tokens,
-                           "params": params_for_log(prep.options)})
-            if self.settings.log_prompts:
-                record["prompt"] = body.prompt
-            self.metrics.prompt_tokens.inc(prompt_tokens)
-            n_total = len(prep.prompts) * prep.options.n
-            acct = Accounting(prompt_tokens, [ChoiceState(strip_first_space=False) for _ in range(n_total)])
-            if body.stream:
-                response = StreamingResponse(self._stream(prep, acct, lease, record), media_type="text/event-stream",
-                                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                                             background=BackgroundTask(lease.release))
-                handed_off = True
-                return response
-            try:
-                await until_disconnect(raw, self._collect(prep, acct))
-            except ClientDisconnected:
-                record["error"] = "client disconnected"
-                await self._abort(prep)
-                return Response(status_code=499)
-            except Exception as exc:
-                error = engine_error(exc)
-                record["error"] = error.message
-                raise error from exc
-            finally:
-                self._account(prep, acct, record)
-            return json_response(CompletionResponse(
-                id=prep.request_id, created=prep.created, model=runtime.served_name,
-                choices=[self._choice(prep, i, c) for i, c in enumerate(acct.choices)],
-                usage=acct.usage(), system_fingerprint=runtime.fingerprint))
-        except OpenAIError as exc:
-            record.setdefault("error", exc.message)
-            raise
-        finally:
-            if not handed_off:
-                lease.release()
+    def begin(self, body: CompletionRequest, prep: PreparedCompletion, record: dict[str, Any]) -> Accounting:
+        prompt_tokens = sum(len(p.ids) for p in prep.prompts)
+        record.update({"echo": body.echo, "logprobs": body.logprobs, "request_id": prep.request_id,
+                       "prompts": len(prep.prompts), "prompt_tokens": prompt_tokens, "params": params_for_log(prep.options)})
+        if self.settings.log_prompts:
+            record["prompt"] = body.prompt
+        self.metrics.prompt_tokens.inc(prompt_tokens)
+        return Accounting(prompt_tokens, [ChoiceState(strip_first_space=False)
+                                          for _ in range(len(prep.prompts) * prep.options.n)])
+
+    def respond(self, prep: PreparedCompletion, acct: Accounting) -> CompletionResponse:
+        return CompletionResponse(id=prep.request_id, created=prep.created, model=prep.runtime.served_name,
+                                  choices=[self._choice(prep, i, c) for i, c in enumerate(acct.choices)],
+                                  usage=acct.usage(), system_fingerprint=prep.runtime.fingerprint)
 
     # ---- generation -----------------------------------------------------------------------------
 
@@ -234,20 +186,20 @@ class CompletionService:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _collect(self, prep: PreparedCompletion, acct: Accounting) -> None:
+    async def collect(self, prep: PreparedCompletion, acct: Accounting) -> None:
         async for delta in self._deltas(prep):
             acct.add(delta)
         if not acct.finished:
             raise EngineError("the engine ended the request without finishing every choice")
 
-    async def _abort(self, prep: PreparedCompletion) -> None:
+    async def abort(self, prep: PreparedCompletion) -> None:
         for p in range(len(prep.prompts)):
             await shielded_abort(prep.runtime.engine, prep.sub_id(p))
 
-    def _account(self, prep: PreparedCompletion, acct: Accounting, record: dict[str, Any]) -> None:
+    def account(self, prep: PreparedCompletion, acct: Accounting, record: dict[str, Any]) -> None:
         if prep.score_only:
             acct.completion_tokens = 0  # the engine's one token is dropped, not returned
-        acct.account(self.metrics, record, self.settings.log_prompts)
+        super().account(prep, acct, record)
 
     # ---- response shape -------------------------------------------------------------------------
 
@@ -269,7 +221,7 @@ class CompletionService:
         reason = "length" if prep.score_only else (state.finish_reason or "stop")
         return CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=reason)  # type: ignore[arg-type]
 
-    async def _stream(self, prep: PreparedCompletion, acct: Accounting, lease: Lease,
+    async def stream(self, prep: PreparedCompletion, acct: Accounting, lease: Lease,
                       record: dict[str, Any]) -> AsyncIterator[str]:
         runtime = prep.runtime
         base = {"id": prep.request_id, "object": "text_completion", "created": prep.created,
@@ -312,7 +264,7 @@ class CompletionService:
         finally:
             if not acct.finished:
                 record.setdefault("error", "client disconnected")
-                await self._abort(prep)
-            self._account(prep, acct, record)
+                await self.abort(prep)
+            self.account(prep, acct, record)
             lease.release()
         yield "data: [DONE]\n\n"

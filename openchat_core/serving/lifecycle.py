@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi import Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from openchat_core.serving.engines.base import (
     Delta,
@@ -27,9 +28,10 @@ from openchat_core.serving.engines.base import (
     TokenLogprob,
 )
 from openchat_core.serving.errors import OpenAIError
-from openchat_core.serving.metrics import ServingMetrics
+from openchat_core.serving.metrics import LOG_STATE_KEY, ServingMetrics
 from openchat_core.serving.protocol import ResponseFormat, SamplingFields, Usage
-from openchat_core.serving.runtime import ModelRuntime, ModelSwitchError
+from openchat_core.serving.runtime import ModelManager, ModelRuntime, ModelSwitchError
+from openchat_core.serving.settings import ServeSettings
 
 logger = logging.getLogger("openchat_core.serving")
 
@@ -229,3 +231,79 @@ class Accounting:
                        "finish_reasons": [c.finish_reason for c in self.choices]})
         if log_outputs:
             record["outputs"] = [c.text for c in self.choices]
+
+
+class GenerationService:
+    """The request flow both generation routes share; subclasses say how to prepare, run and shape a request.
+
+    One runtime is resolved per request (it stays on that model even if a switch happens) and
+    leased until the answer is out; a client that leaves aborts the engine request; every exit
+    path accounts tokens and writes the request-log record.
+    """
+
+    def __init__(self, settings: ServeSettings, manager: ModelManager, metrics: ServingMetrics) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.metrics = metrics
+
+    async def prepare(self, body: Any, runtime: ModelRuntime) -> Any:
+        raise NotImplementedError
+
+    def begin(self, body: Any, prep: Any, record: dict[str, Any]) -> Accounting:
+        """Record what was asked, count the prompt tokens, return the request's accounting."""
+        raise NotImplementedError
+
+    async def collect(self, prep: Any, acct: Accounting) -> None:
+        raise NotImplementedError
+
+    def stream(self, prep: Any, acct: Accounting, lease: Lease, record: dict[str, Any]) -> AsyncIterator[str]:
+        raise NotImplementedError
+
+    def respond(self, prep: Any, acct: Accounting) -> Any:
+        raise NotImplementedError
+
+    async def abort(self, prep: Any) -> None:
+        raise NotImplementedError
+
+    def account(self, prep: Any, acct: Accounting, record: dict[str, Any]) -> None:
+        acct.account(self.metrics, record, self.settings.log_prompts)
+
+    async def create(self, body: Any, raw: Request) -> Response:
+        record: dict[str, Any] = raw.scope.get("state", {}).get(LOG_STATE_KEY, {})
+        record.update({"model": body.model, "n": body.n_choices, "stream": bool(body.stream)})
+        try:
+            runtime = self.manager.live()
+        except ModelSwitchError as exc:
+            raise engine_error(exc) from exc
+        lease = Lease(runtime, self.metrics)
+        handed_off = False
+        try:
+            record.update({"served_name": runtime.served_name, "registry_version": runtime.registry_version,
+                           "engine": runtime.engine_kind})
+            prep = await self.prepare(body, runtime)
+            acct = self.begin(body, prep, record)
+            if body.stream:
+                response = StreamingResponse(self.stream(prep, acct, lease, record), media_type="text/event-stream",
+                                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                                             background=BackgroundTask(lease.release))
+                handed_off = True
+                return response
+            try:
+                await until_disconnect(raw, self.collect(prep, acct))
+            except ClientDisconnected:
+                record["error"] = "client disconnected"
+                await self.abort(prep)  # the engine may not abort on cancellation alone
+                return Response(status_code=499)
+            except Exception as exc:
+                error = engine_error(exc)
+                record["error"] = error.message
+                raise error from exc
+            finally:
+                self.account(prep, acct, record)
+            return json_response(self.respond(prep, acct))
+        except OpenAIError as exc:
+            record.setdefault("error", exc.message)
+            raise
+        finally:
+            if not handed_off:
+                lease.release()
