@@ -354,5 +354,14 @@ def test_transformers_engine_in_the_serving_env(serve_python, checkpoints, tmp_p
                                                      temperature=0.8)
         assert len(response.choices) == 2 and response.usage.completion_tokens >= 2
         assert handle.engine == "transformers"
+        ids = [1, 22557, 1526, 28723]  # this engine computes logprobs too: log-likelihood scoring works on it
+        scored = tf_client.completions.create(model="openchat_3.5", prompt=[ids, ids[:2]], echo=True, logprobs=1,
+                                              max_tokens=0)
+        first, second = (c.logprobs.token_logprobs for c in scored.choices)
+        assert first[0] is None and second[0] is None and len(first) == 4 and len(second) == 2
+        assert second[1] == pytest.approx(first[1], abs=1e-4) and all(v <= 0 for v in first[1:])
+        with pytest.raises(openai.BadRequestError, match="needs the vllm engine"):
+            tf_client.chat.completions.create(model="openchat_3.5", messages=USER, max_tokens=5,
+                                              response_format={"type": "json_object"})
     finally:
         stop_server(handle.pid)
