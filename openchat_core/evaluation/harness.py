@@ -106,14 +106,6 @@ def run_harness(base_url: str, model_name: str, tasks: Sequence[str], output_dir
     return HarnessResult(harness_metrics(results), results, samples, results_files[-1].parent)
 
 
-def _loopback_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def evaluate_served(checkpoint: str | Path, tasks: Sequence[str], out_dir: Path, *, model: str = "local-completions",
                     include_paths: Sequence[Path] = (), limit: int | None = None, engine: str = "auto",
                     ready_timeout_s: float = 600.0) -> HarnessResult:
@@ -124,11 +116,12 @@ def evaluate_served(checkpoint: str | Path, tasks: Sequence[str], out_dir: Path,
     """
     import secrets
 
+    from openchat_core.ports import free_port
     from openchat_core.serving.deploy import deploy_model, stop_server
 
     out_dir.mkdir(parents=True, exist_ok=True)
     key = secrets.token_urlsafe(24)
-    handle = deploy_model(f"http://127.0.0.1:{_loopback_port()}", None, checkpoint, served_name="candidate",
+    handle = deploy_model(f"http://127.0.0.1:{free_port()}", None, checkpoint, served_name="candidate",
                           api_key=key, engine=engine, log_path=out_dir / "server.log", ready_timeout_s=ready_timeout_s)
     try:
         return run_harness(handle.url, "candidate", tasks, out_dir / "lm_eval", model=model,

@@ -30,7 +30,7 @@ from openchat_core.serving.engines.base import (
 from openchat_core.serving.errors import OpenAIError
 from openchat_core.serving.metrics import LOG_STATE_KEY, ServingMetrics
 from openchat_core.serving.protocol import ResponseFormat, SamplingFields, Usage
-from openchat_core.serving.runtime import ModelManager, ModelRuntime, ModelSwitchError
+from openchat_core.serving.runtime import ModelManager, ModelRuntime
 from openchat_core.serving.settings import ServeSettings
 
 logger = logging.getLogger("openchat_core.serving")
@@ -68,8 +68,6 @@ def engine_error(exc: Exception) -> OpenAIError:
         return OpenAIError(400, f"The engine rejected the request: {exc}", code="invalid_request")
     if isinstance(exc, EngineUnavailableError):
         return OpenAIError(503, f"The model is not available right now ({exc}); retry shortly.", code="engine_unavailable")
-    if isinstance(exc, ModelSwitchError):
-        return OpenAIError(exc.status, str(exc), code=exc.code)
     logger.error("generation failed: %s", exc, exc_info=exc)
     return OpenAIError(500, "Generation failed; the server log has the details.", type="server_error", code="engine_error")
 
@@ -271,10 +269,7 @@ class GenerationService:
     async def create(self, body: Any, raw: Request) -> Response:
         record: dict[str, Any] = raw.scope.get("state", {}).get(LOG_STATE_KEY, {})
         record.update({"model": body.model, "n": body.n_choices, "stream": bool(body.stream)})
-        try:
-            runtime = self.manager.live()
-        except ModelSwitchError as exc:
-            raise engine_error(exc) from exc
+        runtime = self.manager.live()  # one model per request, even across a switch; ModelSwitchError has its handler
         lease = Lease(runtime, self.metrics)
         handed_off = False
         try:

@@ -20,7 +20,8 @@ pytest.importorskip("lm_eval")
 
 from openchat_core.evaluation.harness import run_harness  # noqa: E402
 from openchat_core.serving.deploy import ServerHandle, deploy_model, stop_server  # noqa: E402
-from tests.integration.test_serving_vllm import free_port, serve_python  # noqa: E402,F401 (fixture)
+from openchat_core.ports import free_port  # noqa: E402
+from tests.integration.test_serving_vllm import serve_python  # noqa: E402,F401 (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,9 +35,9 @@ def checkpoint(tmp_path_factory) -> Path:
     from dataclasses import replace
 
     from openchat_core.templates.tokenizers import load_tokenizer
-    from openchat_core.training.checkpoint import save_checkpoint
-    from openchat_core.training.model_factory import build_random_model
-    from openchat_core.training.presets import MODEL_PRESETS
+    from openchat_core.models.checkpoint import save_checkpoint
+    from openchat_core.models.model_factory import build_random_model
+    from openchat_core.models.presets import MODEL_PRESETS
 
     preset = MODEL_PRESETS["tiny-mistral"]
     preset = replace(preset, architecture={**preset.architecture, "initializer_range": 0.4})
