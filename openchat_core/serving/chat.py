@@ -40,10 +40,8 @@ from openchat_core.serving.lifecycle import (
     Accounting,
     ChoiceState,
     GenerationService,
-    Lease,
     check_request,
     context_length_error,
-    engine_error,
     params_for_log,
     sampling_options,
 )
@@ -170,7 +168,7 @@ class ChatService(GenerationService):
         if not acct.finished:
             raise EngineError("the engine ended the request without finishing every choice")
 
-    async def stream(self, prep: PreparedChat, acct: Accounting, lease: Lease, record: dict[str, Any]) -> AsyncIterator[str]:
+    async def stream(self, prep: PreparedChat, acct: Accounting) -> AsyncIterator[str]:
         runtime = prep.runtime
         base = {"id": prep.request_id, "object": "chat.completion.chunk", "created": prep.created,
                 "model": runtime.served_name, "system_fingerprint": runtime.fingerprint}
@@ -181,34 +179,20 @@ class ChatService(GenerationService):
                 payload["usage"] = usage.model_dump() if usage is not None else None
             return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
-        try:
-            for i in range(prep.options.n):
-                yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+        for i in range(prep.options.n):
+            yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                          "finish_reason": None}])
+        async for delta in runtime.engine.generate(prep.request_id, prep.prompt_ids, prep.options):
+            text = acct.add(delta)
+            logprobs = self._logprobs(prep, delta.logprobs)
+            if text or logprobs is not None and logprobs.content:
+                yield chunk([{"index": delta.index, "delta": {"content": text},
+                              "logprobs": logprobs.model_dump() if logprobs is not None else None,
                               "finish_reason": None}])
-            async for delta in runtime.engine.generate(prep.request_id, prep.prompt_ids, prep.options):
-                text = acct.add(delta)
-                logprobs = self._logprobs(prep, delta.logprobs)
-                if text or logprobs is not None and logprobs.content:
-                    yield chunk([{"index": delta.index, "delta": {"content": text},
-                                  "logprobs": logprobs.model_dump() if logprobs is not None else None,
-                                  "finish_reason": None}])
-                if delta.finish_reason is not None:
-                    yield chunk([{"index": delta.index, "delta": {}, "logprobs": None,
-                                  "finish_reason": delta.finish_reason}])
-            if not acct.finished:
-                raise EngineError("the engine ended the request without finishing every choice")
-            if prep.include_usage:
-                yield chunk([], acct.usage())
-        except Exception as exc:
-            error = engine_error(exc)
-            record["error"] = error.message
-            yield f"data: {json.dumps(error.body())}\n\n"
-        else:
-            record.pop("error", None)
-        finally:
-            if not acct.finished:
-                record.setdefault("error", "client disconnected")
-                await self.abort(prep)
-            self.account(prep, acct, record)
-            lease.release()
-        yield "data: [DONE]\n\n"
+            if delta.finish_reason is not None:
+                yield chunk([{"index": delta.index, "delta": {}, "logprobs": None,
+                              "finish_reason": delta.finish_reason}])
+        if not acct.finished:
+            raise EngineError("the engine ended the request without finishing every choice")
+        if prep.include_usage:
+            yield chunk([], acct.usage())

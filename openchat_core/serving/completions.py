@@ -30,10 +30,8 @@ from openchat_core.serving.lifecycle import (
     Accounting,
     ChoiceState,
     GenerationService,
-    Lease,
     check_request,
     context_length_error,
-    engine_error,
     params_for_log,
     sampling_options,
 )
@@ -221,8 +219,7 @@ class CompletionService(GenerationService):
         reason = "length" if prep.score_only else (state.finish_reason or "stop")
         return CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=reason)  # type: ignore[arg-type]
 
-    async def stream(self, prep: PreparedCompletion, acct: Accounting, lease: Lease,
-                      record: dict[str, Any]) -> AsyncIterator[str]:
+    async def stream(self, prep: PreparedCompletion, acct: Accounting) -> AsyncIterator[str]:
         runtime = prep.runtime
         base = {"id": prep.request_id, "object": "text_completion", "created": prep.created,
                 "model": runtime.served_name, "system_fingerprint": runtime.fingerprint}
@@ -234,37 +231,23 @@ class CompletionService(GenerationService):
                 payload["usage"] = usage.model_dump() if usage is not None else None
             return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
-        try:
-            async for delta in self._deltas(prep):
-                before_text, before_ids = len(acct.choices[delta.index].text), len(acct.choices[delta.index].token_ids)
-                acct.add(delta)
-                state = acct.choices[delta.index]
-                piece = ChoiceState(strip_first_space=False, text="" if prep.score_only else state.text[before_text:],
-                                    token_ids=[] if prep.score_only else state.token_ids[before_ids:],
-                                    logprobs=[] if prep.score_only else list(delta.logprobs))
-                first = delta.index not in echoed
-                echoed.add(delta.index)
-                choice = self._choice(replace(prep, echo=prep.echo and first, score_only=False), delta.index, piece)
-                finished = delta.finish_reason is not None
-                choice.finish_reason = ("length" if prep.score_only else delta.finish_reason) if finished else None
-                if choice.text or finished or (choice.logprobs is not None and choice.logprobs.tokens):
-                    yield chunk([choice.model_dump()])
-            if not acct.finished:
-                raise EngineError("the engine ended the request without finishing every choice")
-            if prep.include_usage:
-                if prep.score_only:
-                    acct.completion_tokens = 0
-                yield chunk([], acct.usage())
-        except Exception as exc:
-            error = engine_error(exc)
-            record["error"] = error.message
-            yield f"data: {json.dumps(error.body())}\n\n"
-        else:
-            record.pop("error", None)
-        finally:
-            if not acct.finished:
-                record.setdefault("error", "client disconnected")
-                await self.abort(prep)
-            self.account(prep, acct, record)
-            lease.release()
-        yield "data: [DONE]\n\n"
+        async for delta in self._deltas(prep):
+            before_text, before_ids = len(acct.choices[delta.index].text), len(acct.choices[delta.index].token_ids)
+            acct.add(delta)
+            state = acct.choices[delta.index]
+            piece = ChoiceState(strip_first_space=False, text="" if prep.score_only else state.text[before_text:],
+                                token_ids=[] if prep.score_only else state.token_ids[before_ids:],
+                                logprobs=[] if prep.score_only else list(delta.logprobs))
+            first = delta.index not in echoed
+            echoed.add(delta.index)
+            choice = self._choice(replace(prep, echo=prep.echo and first, score_only=False), delta.index, piece)
+            finished = delta.finish_reason is not None
+            choice.finish_reason = ("length" if prep.score_only else delta.finish_reason) if finished else None
+            if choice.text or finished or (choice.logprobs is not None and choice.logprobs.tokens):
+                yield chunk([choice.model_dump()])
+        if not acct.finished:
+            raise EngineError("the engine ended the request without finishing every choice")
+        if prep.include_usage:
+            if prep.score_only:
+                acct.completion_tokens = 0
+            yield chunk([], acct.usage())

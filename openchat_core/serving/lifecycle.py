@@ -9,9 +9,11 @@ limits and metrics apply to every route the same way.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -254,8 +256,29 @@ class GenerationService:
     async def collect(self, prep: Any, acct: Accounting) -> None:
         raise NotImplementedError
 
-    def stream(self, prep: Any, acct: Accounting, lease: Lease, record: dict[str, Any]) -> AsyncIterator[str]:
+    def stream(self, prep: Any, acct: Accounting) -> AsyncIterator[str]:
+        """The server-sent chunks of one request (raising on an engine failure)."""
         raise NotImplementedError
+
+    async def _events(self, prep: Any, acct: Accounting, lease: Lease, record: dict[str, Any]) -> AsyncIterator[str]:
+        """`stream`'s chunks; an error becomes one error event; always `[DONE]`, the abort if unfinished, accounting."""
+        try:
+            async with aclosing(self.stream(prep, acct)) as chunks:  # closing it closes (aborts) the engine stream
+                async for chunk in chunks:
+                    yield chunk
+        except Exception as exc:
+            error = engine_error(exc)
+            record["error"] = error.message
+            yield f"data: {json.dumps(error.body())}\n\n"
+        else:
+            record.pop("error", None)
+        finally:
+            if not acct.finished:
+                record.setdefault("error", "client disconnected")
+                await self.abort(prep)
+            self.account(prep, acct, record)
+            lease.release()
+        yield "data: [DONE]\n\n"
 
     def respond(self, prep: Any, acct: Accounting) -> Any:
         raise NotImplementedError
@@ -278,7 +301,7 @@ class GenerationService:
             prep = await self.prepare(body, runtime)
             acct = self.begin(body, prep, record)
             if body.stream:
-                response = StreamingResponse(self.stream(prep, acct, lease, record), media_type="text/event-stream",
+                response = StreamingResponse(self._events(prep, acct, lease, record), media_type="text/event-stream",
                                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                                              background=BackgroundTask(lease.release))
                 handed_off = True
