@@ -51,7 +51,8 @@ def run_data_stages(cfg: PipelineConfig) -> DataOutputs:
         validated = validate_task(layout, inputs, name, max_rejected, cfg.data.max_line_bytes)
         weighted = weights_task(layout, validated, cfg.weights, name)
         tokens = pretokenize_task(layout, weighted, cfg.tokenize.model_type, cfg.tokenizer_source, name,
-                                  cfg.tokenize.per_sequence_loss, cfg.tokenize.workers, cfg.tokenize.batch_rows)
+                                  cfg.tokenize.per_sequence_loss, cfg.tokenize.workers, cfg.tokenize.batch_rows,
+                                  cfg.tokenize.chat_template_options())
         return SplitOutputs(validated=validated, weighted=weighted, tokens=tokens)
 
     train = split("train", cfg.data.train, cfg.data.max_rejected_fraction)

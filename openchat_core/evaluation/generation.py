@@ -92,9 +92,9 @@ def resolve_model_type(model_dir: Path | str, model_type: str | None = None) -> 
 
 def stop_token_ids_for(tokenizer: PreTrainedTokenizerBase, model_type: str) -> list[int]:
     """The model type's EOT ids in this tokenizer: what OpenChat stops on (`conv_template.eot_tokens_`)."""
-    from openchat_core.templates.conversation import TemplateSpec
+    from openchat_core.templates.specs import template_spec
 
-    return list(TemplateSpec.from_tokenizer(model_type, tokenizer).eot_ids)
+    return list(template_spec(model_type, tokenizer).eot_ids)
 
 
 def make_generator(kind: EngineKind | str, model_dir: Path | str, **options: Any) -> Generator:

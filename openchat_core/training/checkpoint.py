@@ -1,7 +1,8 @@
 """The per-epoch checkpoint format, written atomically.
 
 A checkpoint is a Hugging Face model folder that transformers, vLLM and MLflow load as-is:
-config.json + safetensors, the tokenizer with the model type's `chat_template`, a
+config.json + safetensors, the tokenizer with the model type's `chat_template` (model type
+`chat_template`: the tokenizer's own, with the condition options in `openchat.json["template"]`), a
 `generation_config.json` whose eos ids include the template's EOT (so `generate` and vLLM stop at
 the end of a turn), and `openchat.json` (model type, epoch, config, data digest).
 
@@ -47,9 +48,11 @@ def save_checkpoint(out_dir: Path | str, model: PreTrainedModel, tokenizer: PreT
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     model.save_pretrained(str(partial), state_dict=state_dict, safe_serialization=True)
-    tokenizer.chat_template = mt.hf_chat_template
+    if mt.hf_chat_template is not None:  # model type chat_template keeps the tokenizer's own
+        tokenizer.chat_template = mt.hf_chat_template
     tokenizer.save_pretrained(str(partial))
-    eos_ids = generation_eos_ids(tokenizer, mt.eot)
+    eot = mt.eot or str(((metadata or {}).get("template") or {}).get("eot") or "")  # chat_template: the template's EOT
+    eos_ids = generation_eos_ids(tokenizer, eot)
     GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids,
                      pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[-1],
                      do_sample=False).save_pretrained(str(partial))
