@@ -183,6 +183,49 @@ def test_checkpoint_template_reads_the_options_recorded_at_training(tmp_path):
     assert "Quality: expert" in tok.decode(template.prompt_ids([{"role": "user", "content": "Hi"}]))
 
 
+def test_pretokenize_cli_gives_different_ids_per_condition_and_records_the_options(tmp_path):
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from openchat_core.cli import build_app
+    from openchat_core.data.pretokenize import read_metadata
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({**CONV, "condition": c}) + "\n" for c in ("GPT4 Correct", "GPT3")))
+    args = ["pretokenize", "--model-type", "chat_template", "--model-path", "preset:smollm2", "--in", str(src)]
+    result = CliRunner().invoke(build_app(), [*args, "--out", str(tmp_path / "t.parquet"), "--condition-format", "Quality: {condition}"])
+    assert result.exit_code == 0, result.output
+    expert, low = pq.read_table(tmp_path / "t.parquet").column("nz_input_ids").to_pylist()
+    tok = _tokenizer("preset:smollm2")
+    assert expert != low and "Quality: GPT3" in tok.decode(low) and "Quality: GPT4 Correct" in tok.decode(expert)
+    assert read_metadata(tmp_path / "t.parquet")["template"]["chat_template_options"]["condition_format"] == "Quality: {condition}"
+    bad = CliRunner().invoke(build_app(), [*args, "--out", str(tmp_path / "u.parquet"), "--condition-format", "Quality"])
+    assert bad.exit_code != 0 and "must contain {condition}" in bad.output
+
+
+def test_served_prompts_follow_the_checkpoint_options(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from openchat_core.serving.app import build_app
+    from openchat_core.serving.settings import ServeSettings
+    from tests.unit.serving_fakes import FakeEngineFactory, make_tokenizer_checkpoint
+
+    tok = _tokenizer("preset:smollm2")
+    options = ChatTemplateOptions(condition_format="Quality: {condition}", inference_condition="expert")
+    folder = make_tokenizer_checkpoint(tmp_path / "ckpt", tok, model_type="chat_template")
+    meta = {"model_type": "chat_template", "template": load_template("chat_template", tok, options).spec.metadata()}
+    (folder / "openchat.json").write_text(json.dumps(meta))
+    factory = FakeEngineFactory()
+    user = [{"role": "user", "content": "Hi"}]
+    with TestClient(build_app(ServeSettings(model=folder, engine="vllm", api_keys=["k"]), engine_factory=factory)) as client:
+        for condition, rendered in (("", "expert"), ("GPT3", "GPT3")):
+            body = {"model": "chat_template", "messages": user, "max_tokens": 4, **({"condition": condition} if condition else {})}
+            assert client.post("/v1/chat/completions", headers={"Authorization": "Bearer k"}, json=body).status_code == 200
+            placed = [{"role": "system", "content": f"Quality: {rendered}"}, *user]
+            assert factory.engines[-1].calls[-1].prompt_ids == _apply(tok, placed, add_generation_prompt=True)
+        assert tok.convert_tokens_to_ids("<|im_end|>") in factory.engines[-1].calls[-1].options.stop_token_ids
+
+
 def regenerate() -> None:
     entries = {}
     for name, (preset, options) in sorted(CASES.items()):
