@@ -92,7 +92,7 @@ def data(
     config: Annotated[str, typer.Argument(help="pipeline config YAML, e.g. configs/demo.yaml")] = "configs/demo.yaml",
     overrides: Annotated[list[str] | None, typer.Argument(help="section.key=value overrides, e.g. tokenize.workers=2")] = None,
 ) -> None:
-    """Run the data stage flow (validate -> assign weights -> pretokenize) for the config's train and eval data."""
+    """Run the data stage flow (validate -> mix -> assign weights -> pretokenize) for the config's train and eval data."""
     cfg = _load(config, overrides)
     prepare_prefect_home(cfg)
     from flows.data import data_flow
@@ -102,7 +102,7 @@ def data(
     for split_name, split in (("train", out.train), ("eval", out.eval)):
         if split is None:
             continue
-        for stage in (split.validated, split.weighted, split.tokens):
+        for stage in (split.validated, split.mixed, split.weighted, split.tokens):
             rows.append({"split": split_name, "stage": stage.stage, "cached": stage.cached, "output": stage.path})
     typer.echo(table(rows))
 

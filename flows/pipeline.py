@@ -107,7 +107,7 @@ def run_pipeline(cfg: PipelineConfig, *, deploy: bool | None = None, skip_if_unc
         if deploy if deploy is not None else cfg.serve.enabled:
             deployment = deploy_task(cfg, tracking, layout)
         cached = [f"{s}:{o.stage}" for s, split in (("train", data.train), ("eval", data.eval)) if split
-                  for o in (split.validated, split.weighted, split.tokens) if o.cached] + (["train"] if train.cached else [])
+                  for o in (split.validated, split.mixed, split.weighted, split.tokens) if o.cached] + (["train"] if train.cached else [])
         summary = PipelineSummary(
             pipeline=cfg.name, data=_data_summary(data),
             epochs=[{"epoch": e.epoch, **{k: round(v, 4) for k, v in sorted(e.metrics.items()) if k.count("/") < 2}, "error": e.error or ""}

@@ -10,11 +10,13 @@ import glob
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
+from openchat_core.data.mix import MixPolicy
+from openchat_core.data.sources import DataSource
 from openchat_core.data.weights import WeightPolicy
 from openchat_core.templates.chat_template import ChatTemplateOptions
 from openchat_core.templates.model_types import canonical_model_type_name
@@ -37,15 +39,22 @@ class TrackingConfig(Section):
     experiment: str | None = Field(None, description="MLflow experiment; default: the pipeline name")
 
 
+# A source is a path (or glob) or a mapping; the discriminator keeps a mistake in a mapping from also
+# being reported as "not a string".
+SourceEntry = Annotated[Annotated[str, Tag("path")] | Annotated[DataSource, Tag("source")],
+                        Discriminator(lambda v: "path" if isinstance(v, str) else "source")]
+
+
 class DataConfig(Section):
-    train: list[str] = Field(description="training JSONL files (globs allowed)")
-    eval: list[str] = Field(default_factory=list, description="held-out JSONL for eval loss (globs allowed)")
+    train: list[SourceEntry] = Field(description="training sources: paths/globs, or {path, format, condition, max_conversations, sample_fraction}")
+    eval: list[SourceEntry] = Field(default_factory=list, description="held-out sources for eval loss (same forms as train)")
     max_rejected_fraction: float | None = Field(None, ge=0, le=1, description="fail validation above this rejected share")
     max_line_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    mix: MixPolicy = Field(default_factory=MixPolicy, description="dedup across sources, length filters, sampling seed")
 
     @field_validator("train")
     @classmethod
-    def _train_not_empty(cls, value: list[str]) -> list[str]:
+    def _train_not_empty(cls, value: list[str | DataSource]) -> list[str | DataSource]:
         if not value:
             raise ValueError("data.train is empty: list at least one JSONL file or glob")
         return value
@@ -60,6 +69,11 @@ class DataConfig(Section):
                 raise ConfigError(f"data path {pattern!r} matches no file (looked for {full})")
             found.extend(matches)
         return found
+
+    @staticmethod
+    def as_sources(entries: Sequence[str | DataSource]) -> list[DataSource]:
+        """Every entry as a DataSource (a plain path is `{path: ...}`: format auto, no condition, no cap)."""
+        return [DataSource(path=e) if isinstance(e, str) else e for e in entries]
 
 
 _CT = ChatTemplateOptions()  # the chat_template defaults, defined once there

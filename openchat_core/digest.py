@@ -19,11 +19,19 @@ def file_digest(path: Path | str, length: int = 16) -> str:
 
 
 def files_digest(paths: Iterable[Path | str], length: int = 16) -> str:
-    """Digest of several files, order-independent (sorted by name), covering names and contents."""
+    """Digest of several files, order-independent (sorted by name), covering names and contents.
+
+    A folder (a `datasets` save_to_disk folder) counts as every file under it, with its relative path.
+    """
     h = hashlib.sha256()
     for path in sorted(Path(p) for p in paths):
         h.update(path.name.encode())
-        h.update(file_digest(path, 64).encode())
+        if path.is_dir():
+            for inner in sorted(p for p in path.rglob("*") if p.is_file()):
+                h.update(inner.relative_to(path).as_posix().encode())
+                h.update(file_digest(inner, 64).encode())
+        else:
+            h.update(file_digest(path, 64).encode())
     return h.hexdigest()[:length]
 
 
