@@ -171,5 +171,5 @@ def test_model_type_table_matches_openchat():
         "gemma_it": (8192, "<end_of_turn>", "", False),
         "llama3_instruct": (8192, "<|eot_id|>", "", False),
     }
-    actual = {n: (m.max_context, m.eot, m.inference_condition, m.system_as_role) for n, m in MODEL_TYPES.items()}
+    actual = {n: (m.max_context, m.eot, m.inference_condition, m.system_as_role) for n, m in FIXED_TYPES.items()}
     assert actual == expected
