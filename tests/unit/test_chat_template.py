@@ -226,6 +226,24 @@ def test_served_prompts_follow_the_checkpoint_options(tmp_path):
         assert tok.convert_tokens_to_ids("<|im_end|>") in factory.engines[-1].calls[-1].options.stop_token_ids
 
 
+def test_evaluation_prompts_use_the_checkpoint_template_and_inference_condition(tmp_path):
+    from openchat_core.evaluation.runner import run_generation_eval
+    from tests.unit.serving_fakes import make_tokenizer_checkpoint
+    from tests.unit.test_eval_runner import FIXTURES, SCRIPT, ScriptedGenerator
+
+    tok = _tokenizer("preset:smollm2")
+    folder = make_tokenizer_checkpoint(tmp_path / "ckpt", tok, model_type="chat_template")
+    options = ChatTemplateOptions(inference_condition="expert")
+    (folder / "openchat.json").write_text(json.dumps({"model_type": "chat_template",
+                                                      "template": load_template("chat_template", tok, options).spec.metadata()}))
+    engine = ScriptedGenerator(tok, SCRIPT)
+    result = run_generation_eval(folder, FIXTURES, ["demo"], out_dir=tmp_path / "out", engine=engine, max_new_tokens=16)
+    question = [{"role": "system", "content": "Condition: expert"},
+                {"role": "user", "content": "What is the capital of France? Answer with one word."}]
+    assert engine.prompts[0] == _apply(tok, question, add_generation_prompt=True)
+    assert result.summary.condition == "expert"
+
+
 def regenerate() -> None:
     entries = {}
     for name, (preset, options) in sorted(CASES.items()):
