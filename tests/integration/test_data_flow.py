@@ -48,7 +48,7 @@ def test_data_flow_builds_all_stages_then_hits_caches(prefect_harness, tmp_path,
     meta = read_metadata(rendered.train.tokens_file)
     assert rendered.train.weighted.cached and meta["model_type"] == "chat_template"
     assert meta["template"]["eot"] == "<|im_end|>" and meta["template"]["chat_template_options"]["condition_format"] == "Condition: {condition}"
-    reformatted = data_flow(str(cfg), [*chatml, "tokenize.condition_format=Quality: {condition}"])
+    reformatted = data_flow(str(cfg), [*chatml, "tokenize.condition_format='Quality: {condition}'"])
     assert not reformatted.train.tokens.cached and reformatted.train.tokens.path != rendered.train.tokens.path
 
     import asyncio
