@@ -244,6 +244,22 @@ def test_evaluation_prompts_use_the_checkpoint_template_and_inference_condition(
     assert result.summary.condition == "expert"
 
 
+def test_checkpoint_keeps_the_tokenizer_template_and_stops_at_its_eot(tmp_path):
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from openchat_core.training.checkpoint import save_checkpoint
+    from openchat_core.training.model_factory import build_random_model
+    from tests.unit.eval_models import UNTIED_TINY_MISTRAL
+
+    tok = _tokenizer("preset:smollm2")
+    meta = {"template": load_template("chat_template", tok).spec.metadata()}
+    model = build_random_model(UNTIED_TINY_MISTRAL, tok, seed=0, attn_implementation="sdpa")
+    folder = save_checkpoint(tmp_path / "ep_0", model, tok, "chat_template", meta)
+    assert AutoTokenizer.from_pretrained(str(folder)).chat_template == tok.chat_template
+    assert tok.convert_tokens_to_ids("<|im_end|>") in GenerationConfig.from_pretrained(str(folder)).eos_token_id
+    assert json.loads((folder / "openchat.json").read_text())["template"]["chat_template_options"]["placement"] == "system"
+
+
 def regenerate() -> None:
     entries = {}
     for name, (preset, options) in sorted(CASES.items()):
