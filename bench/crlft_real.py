@@ -123,7 +123,7 @@ def train_in_process(tokens_path: Path, epochs: int, seed: int, args: argparse.N
 
     from openchat_core.training.data import TokenDataset
     from openchat_core.training.loss import weighted_sums
-    from openchat_core.training.model_factory import load_base_model
+    from openchat_core.models.model_factory import load_base_model
     from openchat_core.training.sampler import MultipackSampler
     from openchat_core.training.schedule import cosine_with_warmup
 
@@ -204,7 +204,7 @@ def main() -> None:
         pairs_scored = [to_conversation(p, p[f"{kind}_text"], EXPERT, 1.0) for p in held_out for kind in ("chosen", "rejected")]
         write_tokens(work / "heldout", pairs_scored, spec)
         tokens = {v: write_tokens(work / v.replace(", ", "-").replace(" ", "_"), variant_conversations(train, v), spec) for v in VARIANTS}
-        from openchat_core.training.model_factory import load_base_model
+        from openchat_core.models.model_factory import load_base_model
 
         t0 = time.time()
         base = score(load_base_model(MODEL, packed=True)[0].eval(), work / "heldout" / "tokens.parquet")

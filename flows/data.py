@@ -7,41 +7,13 @@ what earlier runs built.
 
 from __future__ import annotations
 
-from pydantic import BaseModel
 from prefect import flow
 
 from openchat_core.config import ConfigError, PipelineConfig, load_config
 from openchat_core.data.mix import SourceLimits
 from openchat_core.data.validate import InputSource
-from storage import StorageLayout
-from tasks.common import StageOutput
 from tasks.data import mix_task, pretokenize_task, validate_task, weights_task
-
-
-class SplitOutputs(BaseModel):
-    validated: StageOutput
-    mixed: StageOutput
-    weighted: StageOutput
-    tokens: StageOutput
-
-    @property
-    def tokens_file(self) -> str:
-        return f"{self.tokens.path}/tokens.parquet"
-
-
-class DataOutputs(BaseModel):
-    train: SplitOutputs
-    eval: SplitOutputs | None = None
-
-    @property
-    def cached(self) -> bool:
-        splits = [s for s in (self.train, self.eval) if s is not None]
-        return all(o.cached for s in splits for o in (s.validated, s.mixed, s.weighted, s.tokens))
-
-
-def layout_for(cfg: PipelineConfig) -> StorageLayout:
-    root = cfg.storage.root
-    return StorageLayout(root if "://" in root else str(cfg.path(root)), cfg.name)
+from tasks.outputs import DataOutputs, SplitOutputs, layout_for
 
 
 def run_data_stages(cfg: PipelineConfig) -> DataOutputs:

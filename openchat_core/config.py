@@ -16,8 +16,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from openchat_core.data.mix import MixPolicy
+from openchat_core.data.rules import DEFAULT_MAX_LINE_BYTES
 from openchat_core.data.sources import DataSource
 from openchat_core.data.weights import WeightPolicy
+from openchat_core.evaluation.coding.sandbox import SandboxLimits
+from openchat_core.evaluation.coding.scoring import CodingOptions
+from openchat_core.serving.settings import DEFAULT_PORT
 from openchat_core.templates.chat_template import ChatTemplateOptions
 from openchat_core.templates.model_types import canonical_model_type_name
 
@@ -35,7 +39,7 @@ class StorageConfig(Section):
 
 
 class TrackingConfig(Section):
-    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<storage.root>/mlflow.db")
+    uri: str | None = Field(None, description="MLflow tracking URI; default: the store in the storage root (<storage.root>/mlflow.db)")
     experiment: str | None = Field(None, description="MLflow experiment; default: the pipeline name")
 
 
@@ -49,7 +53,7 @@ class DataConfig(Section):
     train: list[SourceEntry] = Field(description="training sources: paths/globs, or {path, format, condition, max_conversations, sample_fraction}")
     eval: list[SourceEntry] = Field(default_factory=list, description="held-out sources for eval loss (same forms as train)")
     max_rejected_fraction: float | None = Field(None, ge=0, le=1, description="fail validation above this rejected share")
-    max_line_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    max_line_bytes: int = Field(DEFAULT_MAX_LINE_BYTES, gt=0, description="lines longer than this are rejected without being loaded")
     mix: MixPolicy = Field(default_factory=MixPolicy, description="dedup across sources, length filters, sampling seed")
 
     @field_validator("train")
@@ -152,11 +156,17 @@ class EvalConfig(Section):
     eval_data: str | None = Field(None, description="root of eval sets (<root>/<task_type>/<task>.jsonl)")
     eval_sets: list[str] = Field(default_factory=list, description="task-name prefixes; empty = all under eval_data")
     engine: Literal["auto", "vllm", "transformers"] = "auto"
-    max_new_tokens: int = Field(64, ge=1)
+    max_new_tokens: int = Field(512, ge=1, description="answer length cap per question (OpenChat's eval uses 512)")
     limit_per_task: int | None = Field(None, ge=1, description="evaluate only the first N questions of each task (quick runs)")
-    primary_metric: str = Field("eval/loss", description="metric that picks the best epoch, e.g. eval/loss or gen/accuracy")
+    primary_metric: str = Field("eval/loss", description="metric that picks the best epoch, e.g. eval/loss, gen/accuracy "
+                                                         "or gen/coding/humaneval/pass1_plus")
     direction: Literal["minimize", "maximize"] = "minimize"
     tie_break: Literal["later_epoch", "lower_loss"] = "later_epoch"
+    humaneval_plus: str | None = Field(None, description="coding eval: local HumanEvalPlus .jsonl(.gz) replacing the problems "
+                                                         "in the coding rows (never downloaded)")
+    code_timeout_s: float = Field(SandboxLimits.timeout_s, gt=0, description="coding eval: wall-clock limit per problem")
+    code_memory_mb: int = Field(SandboxLimits.memory_mb, ge=256, description="coding eval: address-space limit per problem")
+    code_workers: int = Field(CodingOptions.workers, ge=1, description="coding eval: problems run in parallel sandboxes")
 
 
 class RegistryConfig(Section):
@@ -167,7 +177,7 @@ class RegistryConfig(Section):
 class ServeConfig(Section):
     enabled: bool = Field(True, description="deploy the champion at the end of the pipeline")
     host: str = "127.0.0.1"
-    port: int = Field(18888, ge=1, le=65535)
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
     engine: Literal["auto", "vllm", "transformers"] = Field("auto", description="auto: vLLM when the serving env has it")
     api_keys_env: str | None = Field(None, description="name of an env var holding comma-separated API keys (never put keys in YAML)")
     smoke_prompt: str = "Hello!"
@@ -199,7 +209,9 @@ class PipelineConfig(Section):
 
     @property
     def tokenizer_source(self) -> str:
-        return self.tokenize.tokenizer or self.model.base
+        from openchat_core.models.presets import tokenizer_source
+
+        return tokenizer_source(self.tokenize.tokenizer or self.model.base)
 
     @property
     def registered_model_name(self) -> str:
@@ -208,6 +220,14 @@ class PipelineConfig(Section):
     def path(self, value: str) -> Path:
         p = Path(value).expanduser()
         return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def coding_options(self) -> CodingOptions:
+        """How coding answers are executed (eval.humaneval_plus, eval.code_*)."""
+        from openchat_core.evaluation.coding.scoring import coding_options
+
+        e = self.eval
+        return coding_options(self.path(e.humaneval_plus) if e.humaneval_plus else None, e.code_timeout_s, e.code_memory_mb,
+                              e.code_workers)
 
 
 class _Replace:

@@ -14,17 +14,22 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
+from openchat_core.config import PipelineConfig
 from openchat_core.data.mix import MixPolicy, SourceLimits, mix_file
 from openchat_core.data.pretokenize import pretokenize_file
+from openchat_core.data.rules import DEFAULT_MAX_LINE_BYTES
 from openchat_core.data.validate import InputSource, RejectedFractionExceeded, validate_files
 from openchat_core.data.weights import WeightPolicy, assign_weights_file, condition_table
 from openchat_core.digest import files_digest, text_digest
+from openchat_core.markdown import markdown_table
 from openchat_core.templates.chat_template import ChatTemplateOptions, ChatTemplateSpec
 from openchat_core.templates.specs import template_spec
 from openchat_core.templates.model_types import get_model_type
 from openchat_core.templates.tokenizers import load_tokenizer, tokenizer_fingerprint
 from storage import StorageLayout
-from tasks.common import StageOutput, md_table, publish_markdown, publish_table, retry_on_io_errors
+from tasks.common import publish_markdown, publish_table, retry_on_io_errors
+from tasks.outputs import DataOutputs, StageOutput
+from tasks.tracking import TrackingContext
 
 # Bump when a stage's output format or rules change, so old cached folders are not reused.
 VALIDATE_VERSION = "2"  # 2: formats and conditions per source
@@ -40,7 +45,7 @@ def _stage_task(name: str):
 
 @_stage_task("validate")
 def validate_task(layout: StorageLayout, inputs: list[InputSource], split: str = "train", max_rejected_fraction: float | None = None,
-                  max_line_bytes: int = 64 * 1024 * 1024) -> StageOutput:
+                  max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> StageOutput:
     """Validate the inputs (each with its format and condition); publishes counts by error code and a sample of rejected lines."""
     logger = get_run_logger()
     options = json.dumps(sorted((str(s.path), s.format, s.condition or "") for s in inputs))
@@ -78,8 +83,8 @@ def _publish_validation(split: str, report: dict, folder: Path) -> None:
     publish_markdown(
         f"validation-{split}",
         f"## Validation ({split})\n\n{report['lines']} lines: **{report['valid']} valid**, {report['rejected']} rejected, "
-        f"{report['blank']} blank.\n\n### Rejections by code\n\n{md_table(by_code)}\n\n### Sample of rejected lines\n\n"
-        f"{md_table(sample)}\n\nAll outputs: `{folder}`",
+        f"{report['blank']} blank.\n\n### Rejections by code\n\n{markdown_table(by_code)}\n\n### Sample of rejected lines\n\n"
+        f"{markdown_table(sample)}\n\nAll outputs: `{folder}`",
         description=f"Validation of the {split} data: counts by error code and a sample of rejects",
     )
 
@@ -159,16 +164,11 @@ def pretokenize_task(layout: StorageLayout, weighted: StageOutput, model_type: s
 
 
 @task(name="track-data", cache_policy=NONE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io_errors)
-def track_data_task(tracking, data, cfg) -> str:  # noqa: ANN001 - TrackingContext, DataOutputs, PipelineConfig (flows import this module)
+def track_data_task(tracking: TrackingContext, data: DataOutputs, cfg: PipelineConfig) -> str:
     """The data stage's MLflow run: settings, counts, reports, a quarantine sample, and dataset lineage with digests."""
-    import mlflow
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
-    run_id = tracking.start_run("data", {"openchat.stage": "data"})
-    client = tracking.client()
     from openchat_core.tracking import MlflowTracker
 
+    run_id = tracking.start_run("data", {"openchat.stage": "data"})
     tracker = MlflowTracker(tracking.uri, run_id=run_id)
     tracker.log_params({"weights": cfg.weights.model_dump(), "tokenize": cfg.tokenize.model_dump(), "data": cfg.data.model_dump()})
     metrics = {}
@@ -195,18 +195,14 @@ def track_data_task(tracking, data, cfg) -> str:  # noqa: ANN001 - TrackingConte
         if sample:
             tracker.log_artifact(str(sample_file), f"{name}/validate")
     tracker.log_metrics(metrics, step=0)
-    tracker.flush()
-    mlflow.set_tracking_uri(tracking.uri)
-    with mlflow.start_run(run_id=run_id):
-        for name, split in splits:
-            if split is None:
-                continue
-            table = split.mixed.report["table"]  # per source and condition: shown as a table in MLflow's artifact view
-            if table:
-                mlflow.log_table({column: [row[column] for row in table] for column in table[0]}, f"{name}/mix/mix_table.json")
-            for stage, context in ((split.validated, "validated"), (split.mixed, "mixed"), (split.tokens, "pretokenized")):
-                target = Path(stage.path) / ("tokens.parquet" if stage.stage == "pretokenize" else "conversations.parquet")
-                dataset = MetaDataset(source=resolve_dataset_source(target.resolve().as_uri()), name=f"{name}-{context}", digest=stage.key)
-                mlflow.log_input(dataset, context=name, tags={"openchat.stage": stage.stage})
-    client.set_terminated(run_id, "FINISHED")
+    for name, split in splits:
+        if split is None:
+            continue
+        table = split.mixed.report["table"]  # per source and condition: shown as a table in MLflow's artifact view
+        if table:
+            tracker.log_table({column: [row[column] for row in table] for column in table[0]}, f"{name}/mix/mix_table.json")
+        for stage, context in ((split.validated, "validated"), (split.mixed, "mixed"), (split.tokens, "pretokenized")):
+            target = Path(stage.path) / ("tokens.parquet" if stage.stage == "pretokenize" else "conversations.parquet")
+            tracker.log_dataset(target, f"{name}-{context}", stage.key, context=name, tags={"openchat.stage": stage.stage})
+    tracker.close()
     return run_id

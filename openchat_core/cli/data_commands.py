@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
-from openchat_core.cli.output import fail, table
+from openchat_core.cli.output import fail
+from openchat_core.data.rules import DEFAULT_MAX_LINE_BYTES
+from openchat_core.markdown import markdown_table
 
 
 def register(app: typer.Typer) -> None:
@@ -27,7 +29,7 @@ def validate(
     format: Annotated[str, typer.Option("--format", help="auto (detected per file), openchat, messages, sharegpt or alpaca")] = "auto",  # noqa: A002
     condition: Annotated[str | None, typer.Option(help="C-RLFT condition for records that carry none")] = None,
     max_rejected_fraction: Annotated[float | None, typer.Option(help="fail when more than this share of lines is rejected")] = None,
-    max_line_bytes: Annotated[int, typer.Option(help="lines longer than this are rejected without being loaded")] = 64 * 1024 * 1024,
+    max_line_bytes: Annotated[int, typer.Option(help="lines longer than this are rejected without being loaded")] = DEFAULT_MAX_LINE_BYTES,
 ) -> None:
     """Validate conversations: every record ends up valid, quarantined (with a reason) or counted as blank.
 
@@ -45,7 +47,7 @@ def validate(
             typer.echo(f"{source}: format {counts.format} (detected)")
     typer.echo(f"{report.lines} lines: {report.valid} valid, {report.rejected} rejected, {report.blank} blank -> {out}")
     if report.by_code:
-        typer.echo(table([{"code": c, "lines": n} for c, n in report.by_code.items()]))
+        typer.echo(markdown_table([{"code": c, "lines": n} for c, n in report.by_code.items()]))
         typer.echo(f"reasons per line: {out / 'quarantine.jsonl'}")
     if report.unknown_keys:
         typer.echo(f"ignored unknown keys: {report.unknown_keys}")
@@ -99,7 +101,7 @@ def mix(
     t = report["totals"]
     typer.echo(f"{t['input']} conversations: {t['kept']} kept, {t['duplicate']} duplicates, {t['too_short'] + t['too_long']} "
                f"filtered by length, {t['sampled_out']} sampled out -> {out / 'conversations.parquet'}")
-    typer.echo(table(report["table"]))
+    typer.echo(markdown_table(report["table"]))
 
 
 def assign_weights(
@@ -136,7 +138,7 @@ def assign_weights(
     except (ValueError, ValidationError, UnknownConditionError, FileNotFoundError) as e:
         raise fail(str(e)) from None
     typer.echo(f"{report.conversations} conversations weighted -> {out / 'weighted.parquet'}")
-    typer.echo(table(condition_table(report)))
+    typer.echo(markdown_table(condition_table(report)))
 
 
 def pretokenize(
@@ -162,6 +164,7 @@ def pretokenize(
     Example: openchat pretokenize --model-type openchat_3.5 --model-path preset:mistral --in weighted.parquet --out tokens.parquet
     """
     from openchat_core.data.pretokenize import PretokenizeInputError, pretokenize_file
+    from openchat_core.models.presets import tokenizer_source
     from openchat_core.templates.chat_template import ChatTemplateOptions
     from openchat_core.templates.conversation import MissingSpecialTokenError
     from openchat_core.templates.specs import template_spec
@@ -170,7 +173,7 @@ def pretokenize(
     given = {"condition_format": condition_format, "placement": condition_placement, "inference_condition": inference_condition}
     try:
         options = ChatTemplateOptions(**{k: v for k, v in given.items() if v is not None})
-        tokenizer = load_tokenizer(model_path)
+        tokenizer = load_tokenizer(tokenizer_source(model_path))
         spec = template_spec(model_type, tokenizer, options, name=model_path)
         report = pretokenize_file(input_path, out, spec, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
                                   per_sequence_loss=per_sequence_loss, workers=workers, batch_rows=batch_rows)
@@ -202,7 +205,7 @@ def model_types() -> None:
     rows = [{"model type": m.name, "aliases": ", ".join(m.aliases), "max context": m.max_context, "EOT": m.eot or "(the template's)",
              "inference condition": m.inference_condition, "offline tokenizer": f"preset:{m.tokenizer_preset}" if m.tokenizer_preset else ""}
             for m in MODEL_TYPES.values()]
-    typer.echo(table(rows))
+    typer.echo(markdown_table(rows))
 
 
 def export_tokenizer(

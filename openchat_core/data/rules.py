@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from openchat_core.schema import ROLES
 
+DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024  # a longer line is rejected (line_too_long) without being loaded
+
 KNOWN_TOP_LEVEL_KEYS = frozenset({"items", "condition", "system"})
 KNOWN_MESSAGE_KEYS = frozenset({"role", "content", "weight"})
 

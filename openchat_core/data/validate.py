@@ -24,11 +24,10 @@ from typing import IO, Any, NamedTuple
 
 from openchat_core.data.conversations_io import ConversationWriter
 from openchat_core.data.formats import FORMAT_CHOICES, FormatDetectionError, FormatName, choose_format, detect_from_keys, record_checker
-from openchat_core.data.rules import ErrorCode, FastPath, Rejection, ValidRecord, parse_line
+from openchat_core.data.rules import DEFAULT_MAX_LINE_BYTES, ErrorCode, FastPath, Rejection, ValidRecord, parse_line
 from openchat_core.data.sources import InputKind, column_names, input_kind, iter_records, record_bytes, sample_records
 
 UTF8_BOM = b"\xef\xbb\xbf"
-DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
 RAW_PREVIEW_BYTES = 64 * 1024
 _READ_CHUNK = 1024 * 1024
 

@@ -1,9 +1,9 @@
 """One place that turns (model type, tokenizer) into a template: OpenChat's token-level one or a Jinja chat template.
 
-Every stage (pretokenize, evaluation, serving, the registry's pyfunc) builds its template here, so
-the `chat_template` model type renders prompts the same way everywhere. Its condition options
-travel with the data: the tokens file's `metadata_json["template"]` and the checkpoint's
-`openchat.json["template"]` hold them (`options_from_metadata`).
+Every stage (pretokenize, evaluation, serving, the registry's pyfunc) builds its template here (for a
+checkpoint: `models.checkpoint.checkpoint_template`), so the `chat_template` model type renders
+prompts the same way everywhere. Its condition options travel with the data: the tokens file's
+`metadata_json["template"]` and the checkpoint's `openchat.json["template"]` hold them (`options_from_metadata`).
 """
 
 from __future__ import annotations
@@ -42,15 +42,3 @@ def options_from_metadata(metadata: Mapping[str, Any] | None) -> ChatTemplateOpt
     if not isinstance(template, Mapping) or "chat_template_options" not in template:
         return None
     return ChatTemplateOptions.from_json(template["chat_template_options"])
-
-
-def checkpoint_template(model_dir: Any, model_type: str, tokenizer: PreTrainedTokenizerBase) -> AnyTemplate:
-    """The template a checkpoint was trained with: its model type, plus the condition options in `openchat.json`."""
-    import json
-    from pathlib import Path
-
-    from openchat_core.training.checkpoint import METADATA_FILE
-
-    meta_file = Path(model_dir) / METADATA_FILE
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    return load_template(model_type, tokenizer, options_from_metadata(meta), name=str(model_dir))

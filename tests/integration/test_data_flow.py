@@ -91,9 +91,10 @@ def test_two_source_config_mixes_into_one_dataset_logged_to_mlflow(prefect_harne
     from prefect import flow
     from prefect.client.orchestration import get_client
 
-    from flows.data import layout_for, run_data_stages
+    from flows.data import run_data_stages
     from openchat_core.config import load_config
     from tasks.data import track_data_task
+    from tasks.outputs import layout_for
     from tasks.tracking import TrackingContext
 
     sharegpt, alpaca = _two_sources(tmp_path)

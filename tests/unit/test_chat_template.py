@@ -16,7 +16,8 @@ import pytest
 
 from openchat_core.templates.chat_template import ChatTemplateError, ChatTemplateOptions, ConversationRenderError
 from openchat_core.templates.conversation import MissingWeightError
-from openchat_core.templates.specs import checkpoint_template, load_template
+from openchat_core.models.checkpoint import checkpoint_template
+from openchat_core.templates.specs import load_template
 
 GOLDEN_FILE = Path(__file__).parent.parent / "golden" / "chat_template_ids.json"
 CASES = {  # golden case: (tokenizer preset, condition options)
@@ -247,8 +248,8 @@ def test_evaluation_prompts_use_the_checkpoint_template_and_inference_condition(
 def test_checkpoint_keeps_the_tokenizer_template_and_stops_at_its_eot(tmp_path):
     from transformers import AutoTokenizer, GenerationConfig
 
-    from openchat_core.training.checkpoint import save_checkpoint
-    from openchat_core.training.model_factory import build_random_model
+    from openchat_core.models.checkpoint import save_checkpoint
+    from openchat_core.models.model_factory import build_random_model
     from tests.unit.eval_models import UNTIED_TINY_MISTRAL
 
     tok = _tokenizer("preset:smollm2")

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from openchat_core.atomic import publish_folder
+from openchat_core.models.presets import MODEL_PRESETS, ModelPreset
 from openchat_core.templates.tokenizers import PRESET_PREFIX, cache_root, is_preset, load_tokenizer, smollm2_gguf_path
-from openchat_core.training.presets import MODEL_PRESETS, ModelPreset
 
 if TYPE_CHECKING:
     import torch
@@ -36,7 +35,7 @@ def default_attn_implementation(training: bool = True) -> str:
 
 def _prepare_attention(name: str) -> str:
     if name == "sdpa_varlen":
-        from openchat_core.training.varlen_attention import register
+        from openchat_core.models.varlen_attention import register
 
         register()
     return name
@@ -110,20 +109,11 @@ def smollm2_model_dir() -> Path:
     eos_ids = generation_eos_ids(tokenizer, get_model_type(MODEL_PRESETS["smollm2-135m"].model_type).eot)
     plain.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids,
                                                pad_token_id=tokenizer.pad_token_id)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
-    try:
+    with publish_folder(target, shared_cache=True) as staging:
         plain.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
         if not is_plain_model_dir(staging):
             raise RuntimeError(f"converting {gguf} gave a folder that is not a plain Hugging Face model ({staging})")
-        shutil.rmtree(target, ignore_errors=True)  # a stale folder from an older conversion
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first; its copy is identical
-            pass
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
