@@ -177,11 +177,11 @@ def check_safetensors(model_dir: Path) -> None:
 
 
 def _load_template(model_dir: Path, model_type: ModelType) -> tuple[Any, tuple[str, ...], Any]:
-    from openchat_core.templates.conversation import ConversationTemplate
+    from openchat_core.models.checkpoint import checkpoint_template
     from openchat_core.templates.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
-    template = ConversationTemplate.from_tokenizer(model_type, tokenizer)
+    template = checkpoint_template(model_dir, model_type.name, tokenizer)
     specials = tuple(t for t in tokenizer.all_special_tokens if t)
     added = tuple(t.content for t in tokenizer.added_tokens_decoder.values() if getattr(t, "special", False))
     return template, tuple(dict.fromkeys((*specials, *added))), tokenizer
