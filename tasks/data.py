@@ -22,7 +22,8 @@ from openchat_core.data.validate import InputSource, RejectedFractionExceeded, v
 from openchat_core.data.weights import WeightPolicy, assign_weights_file, condition_table
 from openchat_core.digest import files_digest, text_digest
 from openchat_core.markdown import markdown_table
-from openchat_core.templates.conversation import TemplateSpec
+from openchat_core.templates.chat_template import ChatTemplateOptions, ChatTemplateSpec
+from openchat_core.templates.specs import template_spec
 from openchat_core.templates.model_types import get_model_type
 from openchat_core.templates.tokenizers import load_tokenizer, tokenizer_fingerprint
 from storage import StorageLayout
@@ -131,17 +132,21 @@ def weights_task(layout: StorageLayout, validated: StageOutput, policy: WeightPo
 
 @_stage_task("pretokenize")
 def pretokenize_task(layout: StorageLayout, weighted: StageOutput, model_type: str, tokenizer_path: str, split: str = "train",
-                     per_sequence_loss: bool = False, workers: int = 1, batch_rows: int = 2048) -> StageOutput:
+                     per_sequence_loss: bool = False, workers: int = 1, batch_rows: int = 2048,
+                     chat_template_options: ChatTemplateOptions | None = None) -> StageOutput:
     """Tokenize into OpenChat's Parquet; cached on (input, tokenizer fingerprint, model type, max context, options)."""
     logger = get_run_logger()
     tokenizer = load_tokenizer(tokenizer_path)
     fingerprint = tokenizer_fingerprint(tokenizer)
     mt = get_model_type(model_type)
-    key = text_digest("pretokenize", PRETOKENIZE_VERSION, weighted.key, fingerprint, mt.name, str(mt.max_context), str(per_sequence_loss))
+    spec = template_spec(mt, tokenizer, chat_template_options, name=tokenizer_path)
+    # chat_template: the Jinja text and the condition options decide ids too (the fingerprint covers tokenizer.json only)
+    template_key = json.dumps(spec.metadata(), sort_keys=True) if isinstance(spec, ChatTemplateSpec) else ""
+    key = text_digest("pretokenize", PRETOKENIZE_VERSION, weighted.key, fingerprint, mt.name, str(mt.max_context), str(per_sequence_loss),
+                      *([template_key] if template_key else []))
     final = layout.stage_dir("pretokenize", key)
     cached = layout.is_complete(final)
     if not cached:
-        spec = TemplateSpec.from_tokenizer(mt, tokenizer)
         with layout.building("pretokenize", key) as out:
             report = pretokenize_file(layout.local_copy(weighted.path) / "weighted.parquet", out / "tokens.parquet", spec,
                                       tokenizer_fingerprint=fingerprint, per_sequence_loss=per_sequence_loss, workers=workers,

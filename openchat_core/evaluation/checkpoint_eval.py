@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from openchat_core.config import PipelineConfig
-from openchat_core.digest import text_digest
+from openchat_core.digest import file_digest, text_digest
 
 
 def eval_key(cfg: PipelineConfig, heldout_key: str | None) -> str:
@@ -26,7 +26,18 @@ def eval_key(cfg: PipelineConfig, heldout_key: str | None) -> str:
         gen = data.digest
         if any(get_task_type(t.task_type).executes_code for t in data.tasks):
             coding = [json.dumps(cfg.coding_options().describe(), sort_keys=True)]  # sandbox limits can change verdicts
-    return text_digest("eval", gen, cfg.eval.condition, str(cfg.eval.max_new_tokens), heldout_key or "-", *coding)
+    return text_digest("eval", gen, cfg.eval.condition, str(cfg.eval.max_new_tokens), heldout_key or "-", *coding,
+                       _harness_key(cfg))
+
+
+def _harness_key(cfg: PipelineConfig) -> str:
+    """lm-eval tasks, model, limit and the content of the local task files (a changed task is another evaluation)."""
+    if not cfg.eval.harness:
+        return "-"
+    include = cfg.path(cfg.eval.harness_include) if cfg.eval.harness_include else None
+    files = sorted(f for f in include.rglob("*") if f.is_file() and "__pycache__" not in f.parts) if include else []
+    return text_digest(",".join(cfg.eval.harness), cfg.eval.harness_model, str(cfg.eval.harness_limit),
+                       *(file_digest(f) for f in files))
 
 
 def summary_metrics(summary: Any) -> dict[str, float]:
@@ -44,7 +55,7 @@ def summary_metrics(summary: Any) -> dict[str, float]:
 
 def evaluate_checkpoint(checkpoint: str, cfg: PipelineConfig, out_dir: Path, heldout_file: str | None,
                         recorded: dict[str, float] | None = None) -> dict[str, float]:
-    """Generation evals (if configured) + held-out loss (recorded by the trainer, or measured now)."""
+    """Generation evals and lm-eval tasks (if configured) + held-out loss (recorded by the trainer, or measured now)."""
     from openchat_core.evaluation.heldout import heldout_metrics
     from openchat_core.evaluation.runner import run_generation_eval
 
@@ -54,6 +65,13 @@ def evaluate_checkpoint(checkpoint: str, cfg: PipelineConfig, out_dir: Path, hel
                                      condition=cfg.eval.condition, engine=cfg.eval.engine, max_new_tokens=cfg.eval.max_new_tokens,
                                      limit_per_task=cfg.eval.limit_per_task, coding=cfg.coding_options())
         metrics.update(summary_metrics(result.summary))
+    if cfg.eval.harness:
+        from openchat_core.evaluation.harness import evaluate_served
+
+        include = [cfg.path(cfg.eval.harness_include)] if cfg.eval.harness_include else []
+        harness = evaluate_served(checkpoint, cfg.eval.harness, out_dir / "harness", model=cfg.eval.harness_model,
+                                  include_paths=include, limit=cfg.eval.harness_limit, engine=cfg.eval.engine)
+        metrics.update(harness.metrics)
     if recorded and "eval/loss" in recorded:
         metrics.update({k: v for k, v in recorded.items() if k.startswith("eval/")})
     elif heldout_file:

@@ -195,8 +195,7 @@ def run_generation_eval(model_dir: Path | str, eval_data_root: Path | str, eval_
     already in memory). `condition=""` uses the model type's inference condition, as OpenChat.
     `coding`: sandbox limits and HumanEval+ source for coding tasks (defaults when None).
     """
-    from openchat_core.templates.conversation import ConversationTemplate
-    from openchat_core.templates.model_types import get_model_type
+    from openchat_core.models.checkpoint import checkpoint_template
     from openchat_core.templates.tokenizers import load_tokenizer
 
     timings: dict[str, Any] = {}
@@ -209,8 +208,8 @@ def run_generation_eval(model_dir: Path | str, eval_data_root: Path | str, eval_
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the {limit}-token context")
     data = load_eval_data(eval_data_root, eval_sets, limit_per_task=limit_per_task, strict=strict_data)
     problems = code_problems(data.questions, coding)
-    resolved_condition = condition or get_model_type(mtype).inference_condition
-    template = ConversationTemplate.from_tokenizer(mtype, load_tokenizer(model_path))
+    template = checkpoint_template(model_path, mtype, load_tokenizer(model_path))
+    resolved_condition = condition or template.model_type.inference_condition
     prompts, truncated = build_prompts(template, data.questions, resolved_condition, system, limit - max_new_tokens)
     timings["prepare_s"] = round(time.perf_counter() - started, 3)
 

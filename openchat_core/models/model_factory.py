@@ -111,7 +111,7 @@ def smollm2_model_dir() -> Path:
     plain.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids,
                                                pad_token_id=tokenizer.pad_token_id)
     if target.exists() and not is_plain_model_dir(target):
-        shutil.rmtree(target, ignore_errors=True)  # a stale folder from an older conversion
+        shutil.rmtree(target, ignore_errors=True)  # a stale folder from an older conversion (else it would stay)
     with publish_folder(target, shared_cache=True) as staging:
         plain.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))

@@ -267,6 +267,7 @@ class Trainer:
             path = save_checkpoint(epoch_checkpoint_dir(self.out, epoch), self.engine.module, self.tokenizer, self.model_type.name, {
                 "epoch": epoch, "global_step": self.global_step, "data_digest": self.dataset.digest(), "data": self.cfg.data,
                 "base_model": self.cfg.model.base, "train": self.cfg.train.model_dump(), "metrics": eval_metrics,
+                "template": self.dataset.metadata.get("template", {}),  # chat_template: its condition options, for serving
             }, state_dict=state)
             self.tracker.set_tags({f"openchat.checkpoint.ep_{epoch}": str(path)})
             self.log(f"epoch {epoch}: checkpoint {path}")

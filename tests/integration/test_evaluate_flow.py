@@ -107,3 +107,30 @@ def test_coding_pass_at_1_is_an_epoch_metric_and_picks_the_epoch(prefect_harness
     # per-epoch MLflow history of the coding metrics: the first test; here: the version records the metric it was chosen on
     version = ModelRegistry(f"sqlite:///{tmp_path}/store/mlflow.db", "evaltest").version(out.registration.version)
     assert float(version.tags[f"openchat.metric.{metric}"]) == out.evals[1].metrics[metric]
+
+
+def test_lm_eval_gate_scores_the_served_candidate_and_decides_on_them(prefect_harness, tmp_path, demo_data_dir):
+    """eval.harness: the candidate is served on a loopback port (transformers engine here: quick to start), lm-eval's
+    multiple-choice task runs against it, and its score is the primary metric of selection and promotion."""
+    from pathlib import Path
+
+    from flows.evaluate import evaluate_and_promote_flow
+    from openchat_core.registry.store import ModelRegistry
+    from openchat_core.models.checkpoint import save_checkpoint
+    from openchat_core.models.model_factory import load_base_model
+
+    pytest.importorskip("lm_eval")
+    tasks = Path(__file__).resolve().parents[1] / "fixtures" / "lm_eval"
+    model, tokenizer = load_base_model("preset:tiny-mistral", seed=0)
+    candidate = save_checkpoint(tmp_path / "candidate" / "ep_0", model, tokenizer, "openchat_3.5", {"epoch": 0})
+    config = _config(tmp_path, demo_data_dir, eval_data=None, harness=["openchat_mc"], harness_include=str(tasks),
+                     primary_metric="harness/openchat_mc/acc", direction="maximize")
+    out = evaluate_and_promote_flow(config, checkpoints=[str(candidate)])
+    (scored,) = out.evals
+    acc = scored.metrics["harness/openchat_mc/acc"]
+    assert acc in (0.0, 0.25, 0.5, 0.75, 1.0) and "eval/loss" in scored.metrics  # 4 questions
+    assert (out.registration.metric, out.registration.value) == ("harness/openchat_mc/acc", acc)
+    assert out.decision["action"] == "promoted" and out.decision["harness"] == {"harness/openchat_mc/acc": acc}
+    version = ModelRegistry(f"sqlite:///{tmp_path}/store/mlflow.db", "evaltest").by_alias("champion")
+    assert float(version.tags["openchat.metric.harness/openchat_mc/acc"]) == acc
+    assert "promotion-decision" in _artifact_keys()

@@ -68,6 +68,8 @@ def test_overrides_are_typed_and_nested():
     ("train.epoch=5", r"train.epoch: unknown key"),
     ("train.batch_max_len=1000", r"multiple of 64.*try 1024"),
     ("tokenize.model_type=gpt5", r"unknown model type 'gpt5'; choose one of"),
+    ("tokenize.condition_format=Mode", r"tokenize.condition_format.*must contain \{condition\} exactly once"),
+    ("tokenize.condition_placement=assistant", r"tokenize.condition_placement"),
     ("weights.condition_weights={}", r"condition_weights is empty"),
     ("data.train=[]", r"data.train is empty"),
     ("train.zero_stage=4", r"train.zero_stage"),
