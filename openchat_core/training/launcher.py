@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from openchat_core.telemetry import without_telemetry
 from openchat_core.templates.tokenizers import cache_root
 from openchat_core.training.trainer_config import TrainerConfig
 
@@ -81,7 +82,7 @@ def build_command(config_path: Path, num_procs: int, hostfile: str | None = None
 
 
 def launch_env(num_procs: int) -> dict[str, str]:
-    env = dict(os.environ)
+    env = without_telemetry()
     env.setdefault("HF_HUB_OFFLINE", "1")
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TORCH_EXTENSIONS_DIR", str(torch_extensions_dir()))
