@@ -175,4 +175,8 @@ class StorageLayout:
         if not self.remote:
             return Path(path).exists()
         fs, p = self._fs(path)
-        return fs.exists(p)
+        try:  # not fs.exists(): some filesystems answer False for any error, and a failed read is not "not there"
+            fs.info(p)
+        except FileNotFoundError:
+            return False
+        return True

@@ -24,7 +24,7 @@ from openchat_core.registry.promotion import promote_candidate
 from openchat_core.registry.selection import EpochScore, select_best
 from openchat_core.registry.store import ModelRegistry
 from storage import StorageLayout
-from tasks.common import publish_markdown, publish_table
+from tasks.common import publish_markdown, publish_table, retry_on_io_errors
 from tasks.tracking import TrackingContext
 from tasks.train import EpochCheckpoint
 
@@ -133,7 +133,9 @@ def git_revision() -> str:
         return "unknown"
 
 
-@task(name="register-best", cache_policy=NONE)
+# registry reads that fail transiently (RegistryUnavailable is a ConnectionError) are retried; both tasks are idempotent
+# (the same weights are found by their digest; a candidate already champion is "unchanged")
+@task(name="register-best", cache_policy=NONE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io_errors)
 def register_best_task(cfg: PipelineConfig, evals: list[EpochEval], key: str, tracking: TrackingContext, model_type: str,
                        data_digest: str, train_run_id: str | None, pipeline_run_id: str | None) -> Registration:
     """Pick the best epoch by the primary metric and register it as a new model version with its tags."""
@@ -160,7 +162,7 @@ def register_best_task(cfg: PipelineConfig, evals: list[EpochEval], key: str, tr
                         value=selection.value, reason=selection.reason)
 
 
-@task(name="promote", cache_policy=NONE)
+@task(name="promote", cache_policy=NONE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io_errors)
 def promote_task(cfg: PipelineConfig, registration: Registration, key: str, tracking: TrackingContext, heldout_file: str | None,
                  layout: StorageLayout) -> dict[str, Any]:
     """Compare the new version with the champion (re-evaluating the champion if needed) and move the aliases."""
