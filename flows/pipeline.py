@@ -98,7 +98,7 @@ def run_pipeline(cfg: PipelineConfig, *, deploy: bool | None = None, skip_if_unc
 
     with flow_run(base, "pipeline", prefect_tags()) as tracking:
         _tag_flow_run_with_mlflow(tracking.parent_run_id, tracking)
-        track_data_task(tracking, data, cfg)
+        track_data_task(tracking, data, cfg, layout)
         heldout_file = data.eval.tokens_file if data.eval else None
         heldout_key = data.eval.tokens.key if data.eval else None
         train: TrainOutput = train_task(layout, data.train.tokens_file, data.train.tokens.key, heldout_file, heldout_key, cfg, tracking)

@@ -124,7 +124,7 @@ def pretokenize_task(layout: StorageLayout, weighted: StageOutput, model_type: s
 
 
 @task(name="track-data", cache_policy=NONE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io_errors)
-def track_data_task(tracking, data, cfg) -> str:  # noqa: ANN001 - TrackingContext, DataOutputs, PipelineConfig (flows import this module)
+def track_data_task(tracking, data, cfg, layout: StorageLayout) -> str:  # noqa: ANN001 - TrackingContext, DataOutputs, PipelineConfig (flows import this module)
     """The data stage's MLflow run: settings, counts, reports, a quarantine sample, and dataset lineage with digests."""
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -145,14 +145,14 @@ def track_data_task(tracking, data, cfg) -> str:  # noqa: ANN001 - TrackingConte
         metrics.update({f"{name}/lines": v["lines"], f"{name}/valid": v["valid"], f"{name}/rejected": v["rejected"], f"{name}/blank": v["blank"],
                         f"{name}/rows": t["rows"], f"{name}/tokens": t["tokens"], f"{name}/supervised_tokens": t["supervised_tokens"]})
         for stage in (split.validated, split.weighted, split.tokens):
-            folder = Path(stage.path)
+            folder = layout.local_copy(stage.path)
             for report in ("report.json", "weights_report.json"):
                 if (folder / report).is_file():
                     tracker.log_artifact(str(folder / report), f"{name}/{stage.stage}")
-        quarantine = Path(split.validated.path) / "quarantine.jsonl"
+        quarantine = layout.local_copy(split.validated.path) / "quarantine.jsonl"
         with open(quarantine, encoding="utf-8") as lines:  # the quarantine can be large: read only the sample
             sample = [line.rstrip("\n") for line in itertools.islice(lines, 50)]
-        sample_file = Path(split.validated.path) / "quarantine_sample.jsonl"
+        sample_file = quarantine.with_name("quarantine_sample.jsonl")
         if sample and not sample_file.exists():
             sample_file.write_text("\n".join(sample) + "\n", encoding="utf-8")
         if sample:
@@ -165,8 +165,9 @@ def track_data_task(tracking, data, cfg) -> str:  # noqa: ANN001 - TrackingConte
             if split is None:
                 continue
             for stage, context in ((split.validated, "validated"), (split.tokens, "pretokenized")):
-                target = Path(stage.path) / ("conversations.parquet" if stage.stage == "validate" else "tokens.parquet")
-                dataset = MetaDataset(source=resolve_dataset_source(target.resolve().as_uri()), name=f"{name}-{context}", digest=stage.key)
+                name_in_stage = "conversations.parquet" if stage.stage == "validate" else "tokens.parquet"
+                target = f"{stage.path}/{name_in_stage}" if layout.remote else (Path(stage.path) / name_in_stage).resolve().as_uri()
+                dataset = MetaDataset(source=resolve_dataset_source(target), name=f"{name}-{context}", digest=stage.key)
                 mlflow.log_input(dataset, context=name, tags={"openchat.stage": stage.stage})
     client.set_terminated(run_id, "FINISHED")
     return run_id
