@@ -31,9 +31,9 @@ from openchat_core.config import ModelConfig, TrainConfig  # noqa: E402
 from openchat_core.data.demo import EXPERT_CONDITION, NOISY_CONDITION, DemoSizes, generate_demo_data  # noqa: E402
 from openchat_core.data.pretokenize import pretokenize_file  # noqa: E402
 from openchat_core.evaluation.runner import run_generation_eval  # noqa: E402
+from openchat_core.models.checkpoint import list_epoch_checkpoints  # noqa: E402
 from openchat_core.templates.conversation import TemplateSpec  # noqa: E402
 from openchat_core.templates.tokenizers import load_tokenizer  # noqa: E402
-from openchat_core.training.checkpoint import list_epoch_checkpoints  # noqa: E402
 from openchat_core.training.launcher import run_training  # noqa: E402
 from openchat_core.training.trainer_config import TrainerConfig  # noqa: E402
 

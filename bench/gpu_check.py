@@ -39,7 +39,7 @@ def build(shape: dict, attn: str, dtype, device):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from openchat_core.training.model_factory import _prepare_attention
+    from openchat_core.models.model_factory import _prepare_attention
 
     torch.manual_seed(0)
     config = LlamaConfig(**shape, attn_implementation=_prepare_attention(attn), use_cache=False, tie_word_embeddings=False)
@@ -159,7 +159,7 @@ def main() -> None:
 
     import torch
 
-    from openchat_core.training.model_factory import default_attn_implementation
+    from openchat_core.models.model_factory import default_attn_implementation
 
     cuda = torch.cuda.is_available() and not args.smoke
     if not cuda and not args.smoke:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from openchat_core.ports import free_port  # noqa: E402
 from openchat_core.serving.deploy import deploy_model, serve_python, server_env, stop_server  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write a short story about a robot learning to paint."}]
@@ -82,12 +82,6 @@ class LevelResult:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def run_level(url: str, model: str, concurrency: int, total: int, max_tokens: int, server: str) -> LevelResult:
     body = {"model": model, "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0}
     latencies: list[float] = []
@@ -127,9 +121,9 @@ def start_vllm_server(python: Path, model_dir: Path, port: int, max_model_len: i
 
 
 def build_model(out: Path, preset: str) -> Path:
-    from openchat_core.training.checkpoint import save_checkpoint
-    from openchat_core.training.model_factory import load_base_model
-    from openchat_core.training.presets import MODEL_PRESETS
+    from openchat_core.models.checkpoint import save_checkpoint
+    from openchat_core.models.model_factory import load_base_model
+    from openchat_core.models.presets import MODEL_PRESETS
 
     model, tokenizer = load_base_model(f"preset:{preset}")
     return save_checkpoint(out / preset, model, tokenizer, MODEL_PRESETS[preset].model_type)

@@ -36,11 +36,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.length_mix import realistic_lengths  # noqa: E402
 from bench.results import write_section  # noqa: E402
+from openchat_core.models.model_factory import build_random_model  # noqa: E402
+from openchat_core.models.presets import MODEL_PRESETS  # noqa: E402
 from openchat_core.templates.tokenizers import load_tokenizer  # noqa: E402
 from openchat_core.training.data import PackedBatch  # noqa: E402
 from openchat_core.training.loss import packed_forward, weighted_sums  # noqa: E402
-from openchat_core.training.model_factory import build_random_model  # noqa: E402
-from openchat_core.training.presets import MODEL_PRESETS  # noqa: E402
 from openchat_core.training.sampler import MultipackSampler  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""The data stage flow: validate -> assign C-RLFT weights -> pretokenize, for the train and eval splits.
+"""The data stage flow: validate -> mix -> assign C-RLFT weights -> pretokenize, for the train and eval splits.
 
 Run alone: `openchat data configs/demo.yaml` or as the `data` deployment; the pipeline flow runs it
 as its first stage. Every task is content-addressed, so a re-run with unchanged inputs only reads
@@ -7,38 +7,13 @@ what earlier runs built.
 
 from __future__ import annotations
 
-from pydantic import BaseModel
 from prefect import flow
 
-from openchat_core.config import PipelineConfig, load_config
-from storage import StorageLayout
-from tasks.common import StageOutput
-from tasks.data import pretokenize_task, validate_task, weights_task
-
-
-class SplitOutputs(BaseModel):
-    validated: StageOutput
-    weighted: StageOutput
-    tokens: StageOutput
-
-    @property
-    def tokens_file(self) -> str:
-        return f"{self.tokens.path}/tokens.parquet"
-
-
-class DataOutputs(BaseModel):
-    train: SplitOutputs
-    eval: SplitOutputs | None = None
-
-    @property
-    def cached(self) -> bool:
-        splits = [s for s in (self.train, self.eval) if s is not None]
-        return all(o.cached for s in splits for o in (s.validated, s.weighted, s.tokens))
-
-
-def layout_for(cfg: PipelineConfig) -> StorageLayout:
-    root = cfg.storage.root
-    return StorageLayout(root if "://" in root else str(cfg.path(root)), cfg.name)
+from openchat_core.config import ConfigError, PipelineConfig, load_config
+from openchat_core.data.mix import SourceLimits
+from openchat_core.data.validate import InputSource
+from tasks.data import mix_task, pretokenize_task, validate_task, weights_task
+from tasks.outputs import DataOutputs, SplitOutputs, layout_for
 
 
 def run_data_stages(cfg: PipelineConfig) -> DataOutputs:
@@ -46,13 +21,22 @@ def run_data_stages(cfg: PipelineConfig) -> DataOutputs:
     layout = layout_for(cfg)
     base = cfg.path(".")
 
-    def split(name: str, patterns: list[str], max_rejected: float | None) -> SplitOutputs:
-        inputs = [str(p) for p in cfg.data.resolve(patterns, base)]
+    def split(name: str, entries: list, max_rejected: float | None) -> SplitOutputs:
+        inputs: list[InputSource] = []
+        limits: list[SourceLimits] = []
+        for source in cfg.data.as_sources(entries):  # each source: one C-RLFT class, its own format and cap
+            files = cfg.data.resolve([source.path], base)
+            taken = {str(i.path) for i in inputs} & {str(f) for f in files}
+            if taken:
+                raise ConfigError(f"data.{name}: {sorted(taken)} matched by more than one source; each file belongs to one source (one condition)")
+            inputs.extend(InputSource(f, source.format, source.condition) for f in files)
+            limits.append(SourceLimits(source.path, tuple(str(f) for f in files), source.max_conversations, source.sample_fraction))
         validated = validate_task(layout, inputs, name, max_rejected, cfg.data.max_line_bytes)
-        weighted = weights_task(layout, validated, cfg.weights, name)
+        mixed = mix_task(layout, validated, cfg.data.mix, cfg.weights, limits, name)
+        weighted = weights_task(layout, mixed, cfg.weights, name)
         tokens = pretokenize_task(layout, weighted, cfg.tokenize.model_type, cfg.tokenizer_source, name,
                                   cfg.tokenize.per_sequence_loss, cfg.tokenize.workers, cfg.tokenize.batch_rows)
-        return SplitOutputs(validated=validated, weighted=weighted, tokens=tokens)
+        return SplitOutputs(validated=validated, mixed=mixed, weighted=weighted, tokens=tokens)
 
     train = split("train", cfg.data.train, cfg.data.max_rejected_fraction)
     held_out = split("eval", cfg.data.eval, None) if cfg.data.eval else None

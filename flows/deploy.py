@@ -6,9 +6,9 @@ from typing import Any
 
 from prefect import flow
 
-from flows.data import layout_for
 from openchat_core.config import load_config
 from tasks.deploy import deploy_task
+from tasks.outputs import layout_for
 from tasks.tracking import TrackingContext
 
 

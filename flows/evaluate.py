@@ -12,10 +12,12 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from flows.data import layout_for, run_data_stages
+from flows.data import run_data_stages
 from openchat_core.config import PipelineConfig, load_config
-from openchat_core.training.checkpoint import read_checkpoint
-from tasks.evaluate import EpochEval, Registration, eval_key, evaluate_epoch_task, promote_task, publish_epoch_table, register_best_task
+from openchat_core.evaluation.checkpoint_eval import eval_key
+from openchat_core.models.checkpoint import read_checkpoint
+from tasks.evaluate import EpochEval, Registration, evaluate_epoch_task, promote_task, publish_epoch_table, register_best_task
+from tasks.outputs import layout_for
 from tasks.tracking import TrackingContext, flow_run, prefect_tags
 from tasks.train import EpochCheckpoint, TrainOutput
 
@@ -72,8 +74,6 @@ def evaluate_and_promote_flow(config_path: str = "configs/demo.yaml", overrides:
     layout = layout_for(cfg)
     with flow_run(TrackingContext.for_config(cfg, layout), "evaluate-and-promote", prefect_tags()) as tracking:
         data = run_data_stages(cfg)
-        heldout_file = data.eval.tokens_file if data.eval else None
-        heldout_key = data.eval.tokens.key if data.eval else None
         if model_uri:
             train = _external_checkpoints([str(resolve_model_dir(model_uri, tracking.uri))])
             recorded = False
@@ -81,4 +81,4 @@ def evaluate_and_promote_flow(config_path: str = "configs/demo.yaml", overrides:
             train, recorded = _external_checkpoints(checkpoints), False
         else:
             train, recorded = run_train_stage(cfg, tracking), True
-        return run_evaluate_and_promote(cfg, tracking, train, heldout_file, heldout_key, data.train.tokens.key, recorded)
+        return run_evaluate_and_promote(cfg, tracking, train, data.heldout_file, data.heldout_key, data.train.tokens.key, recorded)

@@ -17,7 +17,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from flows.data import DataOutputs, layout_for, run_data_stages
+from flows.data import run_data_stages
 from flows.evaluate import PromotionOutput, run_evaluate_and_promote
 from openchat_core.config import PipelineConfig, load_config
 from openchat_core.digest import text_digest
@@ -25,6 +25,7 @@ from openchat_core.markdown import markdown_table
 from tasks.common import publish_markdown
 from tasks.data import track_data_task
 from tasks.deploy import deploy_task
+from tasks.outputs import DataOutputs, layout_for
 from tasks.tracking import TrackingContext, flow_run, prefect_tags
 from tasks.train import TrainOutput, train_task
 
@@ -99,15 +100,15 @@ def run_pipeline(cfg: PipelineConfig, *, deploy: bool | None = None, skip_if_unc
     with flow_run(base, "pipeline", prefect_tags()) as tracking:
         _tag_flow_run_with_mlflow(tracking.parent_run_id, tracking)
         track_data_task(tracking, data, cfg, layout)
-        heldout_file = data.eval.tokens_file if data.eval else None
-        heldout_key = data.eval.tokens.key if data.eval else None
-        train: TrainOutput = train_task(layout, data.train.tokens_file, data.train.tokens.key, heldout_file, heldout_key, cfg, tracking)
-        promotion: PromotionOutput = run_evaluate_and_promote(cfg, tracking, train, heldout_file, heldout_key, data.train.tokens.key)
+        train: TrainOutput = train_task(layout, data.train.tokens_file, data.train.tokens.key, data.heldout_file, data.heldout_key, cfg,
+                                        tracking)
+        promotion: PromotionOutput = run_evaluate_and_promote(cfg, tracking, train, data.heldout_file, data.heldout_key,
+                                                              data.train.tokens.key)
         deployment = None
         if deploy if deploy is not None else cfg.serve.enabled:
             deployment = deploy_task(cfg, tracking, layout)
         cached = [f"{s}:{o.stage}" for s, split in (("train", data.train), ("eval", data.eval)) if split
-                  for o in (split.validated, split.weighted, split.tokens) if o.cached] + (["train"] if train.cached else [])
+                  for o in (split.validated, split.mixed, split.weighted, split.tokens) if o.cached] + (["train"] if train.cached else [])
         summary = PipelineSummary(
             pipeline=cfg.name, data=_data_summary(data),
             epochs=[{"epoch": e.epoch, **{k: round(v, 4) for k, v in sorted(e.metrics.items()) if k.count("/") < 2}, "error": e.error or ""}

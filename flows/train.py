@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.data import layout_for, run_data_stages
+from flows.data import run_data_stages
 from openchat_core.config import PipelineConfig, load_config
 from openchat_core.digest import file_digest
+from tasks.outputs import layout_for
 from tasks.tracking import TrackingContext, flow_run
 from tasks.train import TrainOutput, train_task
 
@@ -24,8 +25,7 @@ def run_train_stage(cfg: PipelineConfig, tracking: TrackingContext, tokens_path:
     else:
         data = run_data_stages(cfg)
         tokens_file, tokens_key = data.train.tokens_file, data.train.tokens.key
-        eval_file = data.eval.tokens_file if data.eval else None
-        eval_key = data.eval.tokens.key if data.eval else None
+        eval_file, eval_key = data.heldout_file, data.heldout_key
     return train_task(layout, tokens_file, tokens_key, eval_file, eval_key, cfg, tracking)
 
 

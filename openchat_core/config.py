@@ -10,12 +10,16 @@ import glob
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
+from openchat_core.data.mix import MixPolicy
+from openchat_core.data.rules import DEFAULT_MAX_LINE_BYTES
+from openchat_core.data.sources import DataSource
 from openchat_core.data.weights import WeightPolicy
+from openchat_core.serving.settings import DEFAULT_PORT
 from openchat_core.templates.model_types import canonical_model_type_name
 
 
@@ -32,19 +36,26 @@ class StorageConfig(Section):
 
 
 class TrackingConfig(Section):
-    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<storage.root>/mlflow.db")
+    uri: str | None = Field(None, description="MLflow tracking URI; default: the store in the storage root (<storage.root>/mlflow.db)")
     experiment: str | None = Field(None, description="MLflow experiment; default: the pipeline name")
 
 
+# A source is a path (or glob) or a mapping; the discriminator keeps a mistake in a mapping from also
+# being reported as "not a string".
+SourceEntry = Annotated[Annotated[str, Tag("path")] | Annotated[DataSource, Tag("source")],
+                        Discriminator(lambda v: "path" if isinstance(v, str) else "source")]
+
+
 class DataConfig(Section):
-    train: list[str] = Field(description="training JSONL files (globs allowed)")
-    eval: list[str] = Field(default_factory=list, description="held-out JSONL for eval loss (globs allowed)")
+    train: list[SourceEntry] = Field(description="training sources: paths/globs, or {path, format, condition, max_conversations, sample_fraction}")
+    eval: list[SourceEntry] = Field(default_factory=list, description="held-out sources for eval loss (same forms as train)")
     max_rejected_fraction: float | None = Field(None, ge=0, le=1, description="fail validation above this rejected share")
-    max_line_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    max_line_bytes: int = Field(DEFAULT_MAX_LINE_BYTES, gt=0, description="lines longer than this are rejected without being loaded")
+    mix: MixPolicy = Field(default_factory=MixPolicy, description="dedup across sources, length filters, sampling seed")
 
     @field_validator("train")
     @classmethod
-    def _train_not_empty(cls, value: list[str]) -> list[str]:
+    def _train_not_empty(cls, value: list[str | DataSource]) -> list[str | DataSource]:
         if not value:
             raise ValueError("data.train is empty: list at least one JSONL file or glob")
         return value
@@ -59,6 +70,11 @@ class DataConfig(Section):
                 raise ConfigError(f"data path {pattern!r} matches no file (looked for {full})")
             found.extend(matches)
         return found
+
+    @staticmethod
+    def as_sources(entries: Sequence[str | DataSource]) -> list[DataSource]:
+        """Every entry as a DataSource (a plain path is `{path: ...}`: format auto, no condition, no cap)."""
+        return [DataSource(path=e) if isinstance(e, str) else e for e in entries]
 
 
 class TokenizeConfig(Section):
@@ -121,7 +137,7 @@ class EvalConfig(Section):
     eval_data: str | None = Field(None, description="root of eval sets (<root>/<task_type>/<task>.jsonl)")
     eval_sets: list[str] = Field(default_factory=list, description="task-name prefixes; empty = all under eval_data")
     engine: Literal["auto", "vllm", "transformers"] = "auto"
-    max_new_tokens: int = Field(64, ge=1)
+    max_new_tokens: int = Field(512, ge=1, description="answer length cap per question (OpenChat's eval uses 512)")
     limit_per_task: int | None = Field(None, ge=1, description="evaluate only the first N questions of each task (quick runs)")
     primary_metric: str = Field("eval/loss", description="metric that picks the best epoch, e.g. eval/loss or gen/accuracy")
     direction: Literal["minimize", "maximize"] = "minimize"
@@ -136,7 +152,7 @@ class RegistryConfig(Section):
 class ServeConfig(Section):
     enabled: bool = Field(True, description="deploy the champion at the end of the pipeline")
     host: str = "127.0.0.1"
-    port: int = Field(18888, ge=1, le=65535)
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
     engine: Literal["auto", "vllm", "transformers"] = Field("auto", description="auto: vLLM when the serving env has it")
     api_keys_env: str | None = Field(None, description="name of an env var holding comma-separated API keys (never put keys in YAML)")
     smoke_prompt: str = "Hello!"
@@ -168,7 +184,9 @@ class PipelineConfig(Section):
 
     @property
     def tokenizer_source(self) -> str:
-        return self.tokenize.tokenizer or self.model.base
+        from openchat_core.models.presets import tokenizer_source
+
+        return tokenizer_source(self.tokenize.tokenizer or self.model.base)
 
     @property
     def registered_model_name(self) -> str:

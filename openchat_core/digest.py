@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,11 +20,19 @@ def file_digest(path: Path | str, length: int = 16) -> str:
 
 
 def files_digest(paths: Iterable[Path | str], length: int = 16) -> str:
-    """Digest of several files, order-independent (sorted by name), covering names and contents."""
+    """Digest of several files, order-independent (sorted by name), covering names and contents.
+
+    A folder (a `datasets` save_to_disk folder) counts as every file under it, with its relative path.
+    """
     h = hashlib.sha256()
     for path in sorted(Path(p) for p in paths):
         h.update(path.name.encode())
-        h.update(file_digest(path, 64).encode())
+        if path.is_dir():
+            for inner in sorted(p for p in path.rglob("*") if p.is_file()):
+                h.update(inner.relative_to(path).as_posix().encode())
+                h.update(file_digest(inner, 64).encode())
+        else:
+            h.update(file_digest(path, 64).encode())
     return h.hexdigest()[:length]
 
 
@@ -34,3 +43,12 @@ def text_digest(*parts: str, length: int = 16) -> str:
         h.update(part.encode("utf-8"))
         h.update(b"\0")
     return h.hexdigest()[:length]
+
+
+def git_revision() -> str:
+    """The checkout's short commit (recorded on registered versions), or "unknown" outside git."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

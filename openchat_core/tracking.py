@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -45,21 +46,25 @@ class NullTracker:
         pass
 
 
+def local_tracking_uri(folder: str | Path) -> str:
+    """The MLflow store kept in a local folder: `sqlite:///<folder>/mlflow.db` (tracking and registry in one file)."""
+    return f"sqlite:///{folder}/mlflow.db"
+
+
 def default_artifact_location(tracking_uri: str) -> str | None:
     """Artifacts beside a sqlite store (`<db folder>/mlartifacts`), not in `./mlruns` of whatever the working directory is."""
     if tracking_uri.startswith("sqlite:///"):
-        from pathlib import Path
-
         return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
     return None
 
 
-def ensure_experiment(client: Any, name: str, tracking_uri: str) -> str:
+def ensure_experiment(client: Any, name: str, artifact_location: str | None) -> str:
+    """The experiment's id, creating it (with that artifact location) if it does not exist yet."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=default_artifact_location(tracking_uri))
+        return client.create_experiment(name, artifact_location=artifact_location)
     except Exception:  # noqa: BLE001 - created concurrently
         return client.get_experiment_by_name(name).experiment_id
 
@@ -85,7 +90,7 @@ class MlflowTracker:
 
         self.client = MlflowClient(tracking_uri=tracking_uri)
         if run_id is None:
-            exp_id = ensure_experiment(self.client, experiment or "Default", tracking_uri)
+            exp_id = ensure_experiment(self.client, experiment or "Default", default_artifact_location(tracking_uri))
             tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
             run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
         self.run_id = run_id
@@ -114,12 +119,27 @@ class MlflowTracker:
             self.client.set_tag(self.run_id, key, str(value))
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
-        from pathlib import Path
-
         if Path(path).is_dir():
             self.client.log_artifacts(self.run_id, path, artifact_path)
         else:
             self.client.log_artifact(self.run_id, path, artifact_path)
+
+    def log_dataset(self, path: Path | str, name: str, digest: str, context: str, tags: Mapping[str, str] | None = None) -> None:
+        """Record a data file as this run's input (MLflow dataset lineage: source URI, name, content digest)."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        uri = str(path) if "://" in str(path) else Path(path).resolve().as_uri()  # object storage URLs as they are
+        dataset = MetaDataset(source=resolve_dataset_source(uri), name=name, digest=digest)
+        input_tags = [InputTag(key=k, value=v) for k, v in (tags or {}).items()] + [InputTag(key=MLFLOW_DATASET_CONTEXT, value=context)]
+        # what mlflow.log_input sends, without its global "active run" state
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=input_tags)])
+
+    def log_table(self, data: Mapping[str, list[Any]], artifact_file: str) -> None:
+        """A column -> values table as a JSON artifact that MLflow's UI shows as a table."""
+        self.client.log_table(self.run_id, dict(data), artifact_file)
 
     def flush(self) -> None:
         if self._pending:

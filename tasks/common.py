@@ -1,4 +1,4 @@
-"""What every stage task shares: its result type, IO-only retries, and artifact helpers."""
+"""What every stage task shares: IO-only retries and artifact helpers (result types: tasks/outputs.py)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel
-
-from openchat_core.markdown import markdown_table
 
 # Retry these (transient storage/network trouble); never bad input, missing files or permissions.
 _PERMANENT_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
-
-
-class StageOutput(BaseModel):
-    """A completed stage: where its outputs are, its content key, whether it came from the cache, and its report."""
-
-    stage: str
-    key: str
-    path: str
-    cached: bool
-    report: dict[str, Any]
 
 
 def retry_on_io_errors(task: Any, task_run: Any, state: Any) -> bool:
@@ -48,6 +35,3 @@ def publish_markdown(key: str, markdown: str, description: str) -> None:
 def publish_table(key: str, rows: Sequence[Mapping[str, Any]], description: str) -> None:
     create_table_artifact(table=[dict(r) for r in rows], key=artifact_key(key), description=description)
 
-
-def md_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    return markdown_table(rows, columns)

@@ -1,4 +1,4 @@
-"""Data-stage tasks: validate, assign weights, pretokenize. Coarse (one per stage), content-addressed, idempotent.
+"""Data-stage tasks: validate, mix, assign weights, pretokenize. Coarse (one per stage), content-addressed, idempotent.
 
 Each task computes its stage key from everything that decides its output; when the layout already
 holds a complete folder for that key, the task returns it without doing any work ("cached": true).
@@ -14,18 +14,25 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
+from openchat_core.config import PipelineConfig
+from openchat_core.data.mix import MixPolicy, SourceLimits, mix_file
 from openchat_core.data.pretokenize import pretokenize_file
-from openchat_core.data.validate import RejectedFractionExceeded, validate_files
+from openchat_core.data.rules import DEFAULT_MAX_LINE_BYTES
+from openchat_core.data.validate import InputSource, RejectedFractionExceeded, validate_files
 from openchat_core.data.weights import WeightPolicy, assign_weights_file, condition_table
 from openchat_core.digest import files_digest, text_digest
+from openchat_core.markdown import markdown_table
 from openchat_core.templates.conversation import TemplateSpec
 from openchat_core.templates.model_types import get_model_type
 from openchat_core.templates.tokenizers import load_tokenizer, tokenizer_fingerprint
 from storage import StorageLayout
-from tasks.common import StageOutput, md_table, publish_markdown, publish_table, retry_on_io_errors
+from tasks.common import publish_markdown, publish_table, retry_on_io_errors
+from tasks.outputs import DataOutputs, StageOutput
+from tasks.tracking import TrackingContext
 
 # Bump when a stage's output format or rules change, so old cached folders are not reused.
-VALIDATE_VERSION = "1"
+VALIDATE_VERSION = "2"  # 2: formats and conditions per source
+MIX_VERSION = "1"
 WEIGHTS_VERSION = "1"
 PRETOKENIZE_VERSION = "1"
 QUARANTINE_SAMPLE = 10
@@ -36,11 +43,12 @@ def _stage_task(name: str):
 
 
 @_stage_task("validate")
-def validate_task(layout: StorageLayout, inputs: list[str], split: str = "train", max_rejected_fraction: float | None = None,
-                  max_line_bytes: int = 64 * 1024 * 1024) -> StageOutput:
-    """Validate JSONL inputs; publishes counts by error code and a sample of rejected lines."""
+def validate_task(layout: StorageLayout, inputs: list[InputSource], split: str = "train", max_rejected_fraction: float | None = None,
+                  max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> StageOutput:
+    """Validate the inputs (each with its format and condition); publishes counts by error code and a sample of rejected lines."""
     logger = get_run_logger()
-    key = text_digest("validate", VALIDATE_VERSION, str(max_line_bytes), files_digest(inputs))
+    options = json.dumps(sorted((str(s.path), s.format, s.condition or "") for s in inputs))
+    key = text_digest("validate", VALIDATE_VERSION, str(max_line_bytes), files_digest([s.path for s in inputs]), options)
     final = layout.stage_dir("validate", key)
     cached = layout.is_complete(final)
     if not cached:
@@ -48,6 +56,9 @@ def validate_task(layout: StorageLayout, inputs: list[str], split: str = "train"
             validate_files(inputs, out, max_line_bytes=max_line_bytes)  # the threshold is applied below, to cached runs too
     local = layout.local_copy(final)
     report = json.loads((local / "report.json").read_text())
+    for source, counts in report["sources"].items():
+        if counts["detected"]:
+            logger.info("validate[%s]: %s is in the %s format (detected)", split, source, counts["format"])
     logger.info("validate[%s]: %s lines, %s valid, %s rejected, %s blank%s", split, report["lines"], report["valid"],
                 report["rejected"], report["blank"], " (cached)" if cached else "")
     _publish_validation(split, report, local)
@@ -71,15 +82,39 @@ def _publish_validation(split: str, report: dict, folder: Path) -> None:
     publish_markdown(
         f"validation-{split}",
         f"## Validation ({split})\n\n{report['lines']} lines: **{report['valid']} valid**, {report['rejected']} rejected, "
-        f"{report['blank']} blank.\n\n### Rejections by code\n\n{md_table(by_code)}\n\n### Sample of rejected lines\n\n"
-        f"{md_table(sample)}\n\nAll outputs: `{folder}`",
+        f"{report['blank']} blank.\n\n### Rejections by code\n\n{markdown_table(by_code)}\n\n### Sample of rejected lines\n\n"
+        f"{markdown_table(sample)}\n\nAll outputs: `{folder}`",
         description=f"Validation of the {split} data: counts by error code and a sample of rejects",
     )
 
 
+@_stage_task("mix")
+def mix_task(layout: StorageLayout, validated: StageOutput, policy: MixPolicy, weights: WeightPolicy, sources: list[SourceLimits],
+             split: str = "train") -> StageOutput:
+    """Length filters, dedup across sources (the higher-weight copy stays), per-source caps; publishes the per-source table."""
+    logger = get_run_logger()
+    limits = json.dumps([[s.name, sorted(s.files), s.max_conversations, s.sample_fraction] for s in sources])
+    import polars
+
+    # polars' hash (dedup keys, sampling ranks) may change between its releases: a new version is a new key
+    key = text_digest("mix", MIX_VERSION, polars.__version__, validated.key, policy.model_dump_json(), weights.model_dump_json(), limits)
+    final = layout.stage_dir("mix", key)
+    cached = layout.is_complete(final)
+    if not cached:
+        default = weights.default_weight if weights.unknown_condition == "default" else 0.0
+        with layout.building("mix", key) as out:
+            mix_file(layout.local_copy(validated.path) / "conversations.parquet", out, policy, sources, weights.condition_weights, default)
+    report = json.loads((layout.local_copy(final) / "mix_report.json").read_text())
+    t = report["totals"]
+    logger.info("mix[%s]: %s conversations in, %s kept (%s duplicates, %s filtered by length, %s sampled out)%s", split, t["input"], t["kept"],
+                t["duplicate"], t["too_short"] + t["too_long"], t["sampled_out"], " (cached)" if cached else "")
+    publish_table(f"mix-{split}", report["table"], description=f"Mixing of the {split} data: per source and condition, what was kept and why the rest was not")
+    return StageOutput(stage="mix", key=key, path=final, cached=cached, report=report)
+
+
 @_stage_task("assign-weights")
 def weights_task(layout: StorageLayout, validated: StageOutput, policy: WeightPolicy, split: str = "train") -> StageOutput:
-    """Assign C-RLFT weights; publishes the per-condition table."""
+    """Assign C-RLFT weights to the validated (or mixed) conversations; publishes the per-condition table."""
     logger = get_run_logger()
     key = text_digest("weights", WEIGHTS_VERSION, validated.key, policy.model_dump_json())
     final = layout.stage_dir("weights", key)
@@ -124,16 +159,11 @@ def pretokenize_task(layout: StorageLayout, weighted: StageOutput, model_type: s
 
 
 @task(name="track-data", cache_policy=NONE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io_errors)
-def track_data_task(tracking, data, cfg, layout: StorageLayout) -> str:  # noqa: ANN001 - TrackingContext, DataOutputs, PipelineConfig (flows import this module)
+def track_data_task(tracking: TrackingContext, data: DataOutputs, cfg: PipelineConfig, layout: StorageLayout) -> str:
     """The data stage's MLflow run: settings, counts, reports, a quarantine sample, and dataset lineage with digests."""
-    import mlflow
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
-    run_id = tracking.start_run("data", {"openchat.stage": "data"})
-    client = tracking.client()
     from openchat_core.tracking import MlflowTracker
 
+    run_id = tracking.start_run("data", {"openchat.stage": "data"})
     tracker = MlflowTracker(tracking.uri, run_id=run_id)
     tracker.log_params({"weights": cfg.weights.model_dump(), "tokenize": cfg.tokenize.model_dump(), "data": cfg.data.model_dump()})
     metrics = {}
@@ -141,12 +171,14 @@ def track_data_task(tracking, data, cfg, layout: StorageLayout) -> str:  # noqa:
     for name, split in splits:
         if split is None:
             continue
-        v, t = split.validated.report, split.tokens.report["counts"]
+        v, m, t = split.validated.report, split.mixed.report["totals"], split.tokens.report["counts"]
         metrics.update({f"{name}/lines": v["lines"], f"{name}/valid": v["valid"], f"{name}/rejected": v["rejected"], f"{name}/blank": v["blank"],
+                        f"{name}/duplicates": m["duplicate"], f"{name}/length_filtered": m["too_short"] + m["too_long"],
+                        f"{name}/sampled_out": m["sampled_out"], f"{name}/mixed": m["kept"],
                         f"{name}/rows": t["rows"], f"{name}/tokens": t["tokens"], f"{name}/supervised_tokens": t["supervised_tokens"]})
-        for stage in (split.validated, split.weighted, split.tokens):
+        for stage in (split.validated, split.mixed, split.weighted, split.tokens):
             folder = layout.local_copy(stage.path)
-            for report in ("report.json", "weights_report.json"):
+            for report in ("report.json", "mix_report.json", "weights_report.json"):
                 if (folder / report).is_file():
                     tracker.log_artifact(str(folder / report), f"{name}/{stage.stage}")
         quarantine = layout.local_copy(split.validated.path) / "quarantine.jsonl"
@@ -158,16 +190,15 @@ def track_data_task(tracking, data, cfg, layout: StorageLayout) -> str:  # noqa:
         if sample:
             tracker.log_artifact(str(sample_file), f"{name}/validate")
     tracker.log_metrics(metrics, step=0)
-    tracker.flush()
-    mlflow.set_tracking_uri(tracking.uri)
-    with mlflow.start_run(run_id=run_id):
-        for name, split in splits:
-            if split is None:
-                continue
-            for stage, context in ((split.validated, "validated"), (split.tokens, "pretokenized")):
-                name_in_stage = "conversations.parquet" if stage.stage == "validate" else "tokens.parquet"
-                target = f"{stage.path}/{name_in_stage}" if layout.remote else (Path(stage.path) / name_in_stage).resolve().as_uri()
-                dataset = MetaDataset(source=resolve_dataset_source(target), name=f"{name}-{context}", digest=stage.key)
-                mlflow.log_input(dataset, context=name, tags={"openchat.stage": stage.stage})
-    client.set_terminated(run_id, "FINISHED")
+    for name, split in splits:
+        if split is None:
+            continue
+        table = split.mixed.report["table"]  # per source and condition: shown as a table in MLflow's artifact view
+        if table:
+            tracker.log_table({column: [row[column] for row in table] for column in table[0]}, f"{name}/mix/mix_table.json")
+        for stage, context in ((split.validated, "validated"), (split.mixed, "mixed"), (split.tokens, "pretokenized")):
+            name_in_stage = "tokens.parquet" if stage.stage == "pretokenize" else "conversations.parquet"
+            target = f"{stage.path}/{name_in_stage}" if layout.remote else Path(stage.path) / name_in_stage  # lineage: where it lives
+            tracker.log_dataset(target, f"{name}-{context}", stage.key, context=name, tags={"openchat.stage": stage.stage})
+    tracker.close()
     return run_id

@@ -9,7 +9,6 @@ artifact a person can read: candidate vs champion, metric, margin, outcome, reas
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,8 @@ from prefect.cache_policies import NONE
 from pydantic import BaseModel
 
 from openchat_core.config import PipelineConfig
-from openchat_core.digest import file_digest, text_digest
+from openchat_core.digest import file_digest, git_revision, text_digest
+from openchat_core.evaluation.checkpoint_eval import evaluate_checkpoint
 from openchat_core.markdown import markdown_table
 from openchat_core.registry.promotion import promote_candidate
 from openchat_core.registry.selection import EpochScore, select_best
@@ -47,43 +47,6 @@ class Registration(BaseModel):
     metric: str
     value: float
     reason: str
-
-
-def eval_key(cfg: PipelineConfig, heldout_key: str | None) -> str:
-    """What makes two evaluations comparable: the eval sets' content, condition, system prompt, length, held-out data."""
-    gen = "-"
-    if cfg.eval.eval_data:
-        from openchat_core.evaluation.eval_data import load_eval_data
-
-        gen = load_eval_data(cfg.path(cfg.eval.eval_data), cfg.eval.eval_sets, limit_per_task=cfg.eval.limit_per_task).digest
-    return text_digest("eval", gen, cfg.eval.condition, str(cfg.eval.max_new_tokens), heldout_key or "-")
-
-
-def summary_metrics(summary: Any) -> dict[str, float]:
-    """An EvalSummary as flat MLflow metrics: gen/accuracy, gen/unmatched, gen/<task type>/accuracy."""
-    metrics = {"gen/accuracy": summary.overall.accuracy, "gen/unmatched": summary.overall.unmatched_rate}
-    for name, score in summary.task_types.items():
-        metrics[f"gen/{name}/accuracy"] = score.accuracy
-    return metrics
-
-
-def evaluate_checkpoint(checkpoint: str, cfg: PipelineConfig, out_dir: Path, heldout_file: str | None,
-                        recorded: dict[str, float] | None = None) -> dict[str, float]:
-    """Generation evals (if configured) + held-out loss (recorded by the trainer, or measured now)."""
-    from openchat_core.evaluation.heldout import heldout_metrics
-    from openchat_core.evaluation.runner import run_generation_eval
-
-    metrics: dict[str, float] = {}
-    if cfg.eval.eval_data:
-        result = run_generation_eval(checkpoint, cfg.path(cfg.eval.eval_data), cfg.eval.eval_sets, out_dir=out_dir,
-                                     condition=cfg.eval.condition, engine=cfg.eval.engine, max_new_tokens=cfg.eval.max_new_tokens,
-                                     limit_per_task=cfg.eval.limit_per_task)
-        metrics.update(summary_metrics(result.summary))
-    if recorded and "eval/loss" in recorded:
-        metrics.update({k: v for k, v in recorded.items() if k.startswith("eval/")})
-    elif heldout_file:
-        metrics.update(heldout_metrics(checkpoint, heldout_file, cfg.train.batch_max_len))
-    return metrics
 
 
 @task(name="evaluate-epoch", cache_policy=NONE, task_run_name="evaluate-epoch-{checkpoint.epoch}")
@@ -126,14 +89,6 @@ def publish_epoch_table(evals: list[EpochEval], primary: str) -> None:
         rows.append(row)
     columns = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("epoch", "status"), k == "error", k))
     publish_table("epoch-metrics", [{c: r.get(c) for c in columns} for r in rows], description=f"Per-epoch metrics (primary: {primary})")
-
-
-def git_revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 # registry reads that fail transiently (RegistryUnavailable is a ConnectionError) are retried; both tasks are idempotent

@@ -32,14 +32,9 @@ class TrackingContext(BaseModel):
         return MlflowClient(tracking_uri=self.uri)
 
     def experiment_id(self) -> str:
-        client = self.client()
-        exp = client.get_experiment_by_name(self.experiment)
-        if exp is not None:
-            return exp.experiment_id
-        try:
-            return client.create_experiment(self.experiment, artifact_location=self.artifact_location)
-        except Exception:  # noqa: BLE001 - created concurrently by another run
-            return client.get_experiment_by_name(self.experiment).experiment_id
+        from openchat_core.tracking import ensure_experiment
+
+        return ensure_experiment(self.client(), self.experiment, self.artifact_location)
 
     def start_run(self, name: str, tags: dict[str, Any] | None = None) -> str:
         """Create a run (nested under `parent_run_id` when set) tagged with the current Prefect flow run."""

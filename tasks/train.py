@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from openchat_core.config import PipelineConfig
 from openchat_core.digest import text_digest
 from openchat_core.markdown import markdown_table
-from openchat_core.training.checkpoint import is_complete_checkpoint, list_epoch_checkpoints, read_checkpoint
+from openchat_core.models.checkpoint import is_complete_checkpoint, list_epoch_checkpoints, read_checkpoint
 from openchat_core.training.launcher import TrainingFailed, run_training
 from openchat_core.training.trainer_config import TrainerConfig
 from storage import SUCCESS_MARKER, StorageLayout
@@ -104,7 +104,7 @@ def train_task(layout: StorageLayout, tokens_file: str, tokens_key: str, eval_fi
 
 def _check_model_source(base: str) -> None:
     """Fail before launching (and without retrying) when the base model cannot be found."""
-    from openchat_core.training.model_factory import preset_of
+    from openchat_core.models.model_factory import preset_of
 
     if preset_of(base) is None and not (Path(base).expanduser() / "config.json").is_file():
         raise FileNotFoundError(f"model.base {base!r} is not a local Hugging Face model folder (no config.json) or a preset:NAME")

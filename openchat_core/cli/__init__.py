@@ -3,8 +3,8 @@
 Stage commands (validate, assign-weights, pretokenize, train, eval, serve, ...) live here and call
 `openchat_core` directly. Orchestration commands (run, demo, up, deploy) belong to the Prefect
 layer, which openchat_core must not import; they are plugged in through the `openchat.commands`
-entry point group (registered by this project's pyproject for `flows.cli`), so the dependency
-points from flows to core and never back.
+entry point group (registered by this project's pyproject for `openchat_cli.commands`), so the
+dependency points from the orchestration layer to core and never back.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Data-stage commands: validate, assign-weights, pretokenize, demo-data, model-types, tokenizer."""
+"""Data-stage commands: validate, mix, assign-weights, pretokenize, demo-data, model-types, tokenizer."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ from typing import Annotated
 
 import typer
 
-from openchat_core.cli.output import fail, table
+from openchat_core.cli.output import fail
+from openchat_core.data.rules import DEFAULT_MAX_LINE_BYTES
+from openchat_core.markdown import markdown_table
 
 
 def register(app: typer.Typer) -> None:
     app.command("validate")(validate)
+    app.command("mix")(mix)
     app.command("assign-weights")(assign_weights)
     app.command("pretokenize")(pretokenize)
     app.command("demo-data")(demo_data)
@@ -21,29 +24,84 @@ def register(app: typer.Typer) -> None:
 
 
 def validate(
-    inputs: Annotated[list[Path], typer.Argument(help="JSONL or JSONL.gz files of Conversations")],
+    inputs: Annotated[list[Path], typer.Argument(help=".jsonl, .jsonl.gz, .json (array) or .parquet files, or `datasets` save_to_disk folders")],
     out: Annotated[Path, typer.Option("--out", help="output folder: conversations.parquet, quarantine.jsonl, report.json")],
+    format: Annotated[str, typer.Option("--format", help="auto (detected per file), openchat, messages, sharegpt or alpaca")] = "auto",  # noqa: A002
+    condition: Annotated[str | None, typer.Option(help="C-RLFT condition for records that carry none")] = None,
     max_rejected_fraction: Annotated[float | None, typer.Option(help="fail when more than this share of lines is rejected")] = None,
-    max_line_bytes: Annotated[int, typer.Option(help="lines longer than this are rejected without being loaded")] = 64 * 1024 * 1024,
+    max_line_bytes: Annotated[int, typer.Option(help="lines longer than this are rejected without being loaded")] = DEFAULT_MAX_LINE_BYTES,
 ) -> None:
-    """Validate Conversation JSONL: every line ends up valid, quarantined (with a reason) or counted as blank.
+    """Validate conversations: every record ends up valid, quarantined (with a reason) or counted as blank.
 
     Example: openchat validate data/*.jsonl --out runs/validated --max-rejected-fraction 0.05
     """
     from openchat_core.data.validate import RejectedFractionExceeded, validate_files
 
     try:
-        report = validate_files(inputs, out, max_rejected_fraction=max_rejected_fraction, max_line_bytes=max_line_bytes)
-    except RejectedFractionExceeded as e:
+        report = validate_files(inputs, out, format=format, condition=condition, max_rejected_fraction=max_rejected_fraction,
+                                max_line_bytes=max_line_bytes)
+    except (RejectedFractionExceeded, FileNotFoundError, ValueError) as e:
         raise fail(str(e)) from None
-    except FileNotFoundError as e:
-        raise fail(str(e)) from None
+    for source, counts in report.sources.items():
+        if counts.detected:
+            typer.echo(f"{source}: format {counts.format} (detected)")
     typer.echo(f"{report.lines} lines: {report.valid} valid, {report.rejected} rejected, {report.blank} blank -> {out}")
     if report.by_code:
-        typer.echo(table([{"code": c, "lines": n} for c, n in report.by_code.items()]))
+        typer.echo(markdown_table([{"code": c, "lines": n} for c, n in report.by_code.items()]))
         typer.echo(f"reasons per line: {out / 'quarantine.jsonl'}")
     if report.unknown_keys:
         typer.echo(f"ignored unknown keys: {report.unknown_keys}")
+
+
+def mix(
+    weights: Annotated[list[str] | None, typer.Argument(help="condition weights deciding which duplicate stays, e.g. GPT4=1.0 GPT3=0.1")] = None,
+    input_path: Annotated[Path, typer.Option("--in", help="validated conversations.parquet")] = Path("conversations.parquet"),
+    out: Annotated[Path, typer.Option("--out", help="output folder: conversations.parquet, mix_report.json")] = Path("mixed"),
+    policy: Annotated[list[str] | None, typer.Option("--policy", help="a mixing setting, e.g. --policy max_turns=16 --policy dedup=false")] = None,
+    config: Annotated[Path | None, typer.Option(help="take the policy, weights and sources from a pipeline config's train split")] = None,
+) -> None:
+    """Mix validated conversations: length filters, dedup across sources (the higher-weight copy stays), per-source caps.
+
+    Example: openchat mix --in runs/validated/conversations.parquet --out runs/mixed GPT4=1.0 GPT3=0.1 --policy max_turns=16
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    from openchat_core.data.mix import MixPolicy, SourceLimits, mix_file
+    from openchat_core.data.weights import parse_weight_pairs
+
+    try:
+        settings: dict = {}
+        condition_weights: dict[str, float] = {}
+        sources: list[SourceLimits] = []
+        if config is not None:
+            from openchat_core.config import ConfigError, load_config
+
+            try:
+                cfg = load_config(config)
+            except ConfigError as e:
+                raise fail(str(e)) from None
+            settings, condition_weights = cfg.data.mix.model_dump(), dict(cfg.weights.condition_weights)
+            for source in cfg.data.as_sources(cfg.data.train):
+                files = tuple(str(f) for f in cfg.data.resolve([source.path], cfg.path(".")))
+                sources.append(SourceLimits(source.path, files, source.max_conversations, source.sample_fraction))
+        for item in policy or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"bad --policy {item!r}: write KEY=VALUE, e.g. max_turns=16 (keys: {', '.join(MixPolicy.model_fields)})")
+            settings[key.strip()] = yaml.safe_load(value)
+        condition_weights.update(parse_weight_pairs(weights or []))
+        report = mix_file(input_path, out, MixPolicy(**settings), sources, condition_weights)
+    except ValidationError as e:
+        from openchat_core.config import format_validation_error
+
+        raise fail(format_validation_error(e, "--policy")) from None
+    except (ValueError, FileNotFoundError) as e:
+        raise fail(str(e)) from None
+    t = report["totals"]
+    typer.echo(f"{t['input']} conversations: {t['kept']} kept, {t['duplicate']} duplicates, {t['too_short'] + t['too_long']} "
+               f"filtered by length, {t['sampled_out']} sampled out -> {out / 'conversations.parquet'}")
+    typer.echo(markdown_table(report["table"]))
 
 
 def assign_weights(
@@ -80,7 +138,7 @@ def assign_weights(
     except (ValueError, ValidationError, UnknownConditionError, FileNotFoundError) as e:
         raise fail(str(e)) from None
     typer.echo(f"{report.conversations} conversations weighted -> {out / 'weighted.parquet'}")
-    typer.echo(table(condition_table(report)))
+    typer.echo(markdown_table(condition_table(report)))
 
 
 def pretokenize(
@@ -98,10 +156,11 @@ def pretokenize(
     """
     from openchat_core.data.pretokenize import PretokenizeInputError, pretokenize_file
     from openchat_core.templates.conversation import MissingSpecialTokenError, TemplateSpec
+    from openchat_core.models.presets import tokenizer_source
     from openchat_core.templates.tokenizers import load_tokenizer, tokenizer_fingerprint
 
     try:
-        tokenizer = load_tokenizer(model_path)
+        tokenizer = load_tokenizer(tokenizer_source(model_path))
         spec = TemplateSpec.from_tokenizer(model_type, tokenizer)
         report = pretokenize_file(input_path, out, spec, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
                                   per_sequence_loss=per_sequence_loss, workers=workers, batch_rows=batch_rows)
@@ -133,7 +192,7 @@ def model_types() -> None:
     rows = [{"model type": m.name, "aliases": ", ".join(m.aliases), "max context": m.max_context, "EOT": m.eot,
              "inference condition": m.inference_condition, "offline tokenizer": f"preset:{m.tokenizer_preset}" if m.tokenizer_preset else ""}
             for m in MODEL_TYPES.values()]
-    typer.echo(table(rows))
+    typer.echo(markdown_table(rows))
 
 
 def export_tokenizer(

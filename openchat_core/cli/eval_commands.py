@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from openchat_core.cli.output import fail, table
+from openchat_core.cli.options import config_options
+from openchat_core.cli.output import fail
+from openchat_core.config import EvalConfig, StorageConfig
+from openchat_core.markdown import markdown_table
+from openchat_core.tracking import local_tracking_uri
 
-DEFAULT_MLFLOW = "sqlite:///runs/mlflow.db"
+DEFAULT_MLFLOW = local_tracking_uri(StorageConfig.model_fields["root"].default.removeprefix("./"))  # the pipeline's default store
 MlflowUri = Annotated[str | None, typer.Option("--mlflow-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or {DEFAULT_MLFLOW})")]
 
 
@@ -27,18 +31,16 @@ def _uri(value: str | None) -> str:
     return value or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_MLFLOW
 
 
+@config_options((EvalConfig, ["condition", "engine", "max_new_tokens", "limit_per_task"]))
 def evaluate(
     model: Annotated[str, typer.Option(help="checkpoint folder, or models:/NAME@champion / models:/NAME/VERSION")],
     out: Annotated[Path, typer.Option("--out", help="results folder (results.jsonl, summary.json)")],
     eval_data: Annotated[Path | None, typer.Option(help="eval-set root in OpenChat's layout <root>/<task_type>/<task>.jsonl")] = None,
-    eval_sets: Annotated[list[str] | None, typer.Option("--eval-sets", help="task-name prefixes, e.g. zs/agieval fs_cothub/gsm8k demo")] = None,
-    condition: Annotated[str, typer.Option(help="generation condition; empty: the model type's inference condition")] = "",
+    eval_sets: Annotated[list[str] | None, typer.Option("--eval-sets", help="a task-name prefix (repeat the option for several), e.g. --eval-sets zs/agieval --eval-sets fs_cothub/gsm8k")] = None,
     system: Annotated[str, typer.Option(help="system prompt")] = "",
-    engine: Annotated[str, typer.Option(help="auto (vLLM when the serving env exists), vllm or transformers")] = "auto",
-    max_new_tokens: Annotated[int, typer.Option()] = 512,
-    limit_per_task: Annotated[int | None, typer.Option(help="first N questions of each task (quick checks)")] = None,
     heldout: Annotated[Path | None, typer.Option(help="pretokenized held-out Parquet: also report eval/loss and eval/accuracy")] = None,
     mlflow_uri: MlflowUri = None,
+    **settings: Any,
 ) -> None:
     """Evaluate a checkpoint or registered model: generation evals (scored per question) and/or held-out loss.
 
@@ -58,8 +60,7 @@ def evaluate(
         from openchat_core.evaluation.view import load_runs, render_markdown
 
         try:
-            result = run_generation_eval(model_dir, eval_data, eval_sets or (), out_dir=out, condition=condition, system=system,
-                                         engine=engine, max_new_tokens=max_new_tokens, limit_per_task=limit_per_task)
+            result = run_generation_eval(model_dir, eval_data, eval_sets or (), out_dir=out, system=system, **settings)
         except (ValueError, FileNotFoundError, KeyError) as e:
             raise fail(str(e)) from None
         typer.echo(render_markdown(load_runs([out], [model])))
@@ -70,7 +71,7 @@ def evaluate(
 
         metrics = heldout_metrics(model_dir, heldout)
         (out / "heldout.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        typer.echo(table([{"metric": k, "value": v} for k, v in metrics.items()]))
+        typer.echo(markdown_table([{"metric": k, "value": v} for k, v in metrics.items()]))
 
 
 def eval_view(results: Annotated[list[Path], typer.Argument(help="result folders (or folders containing them)")]) -> None:
@@ -90,7 +91,7 @@ def models(name: Annotated[str, typer.Argument(help="registered model name")], m
              "decision": v.tags.get("openchat.decision", "")} for v in registry.versions()]
     if not rows:
         raise fail(f"no registered model {name!r} in {registry.tracking_uri}")
-    typer.echo(table(rows))
+    typer.echo(markdown_table(rows))
     for d in registry.decisions()[-5:]:
         typer.echo(f"{d['time']} {d['action']} v{d['candidate']}: {d['reason']}")
 

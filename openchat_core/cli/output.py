@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from openchat_core.markdown import markdown_table as table  # noqa: F401 - re-exported for commands
-
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print an error without a traceback and return the Exit to raise."""

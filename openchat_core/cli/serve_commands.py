@@ -10,7 +10,9 @@ from typing import Annotated
 import typer
 
 from openchat_core.cli.eval_commands import MlflowUri, _uri
-from openchat_core.cli.output import fail, table
+from openchat_core.cli.output import fail
+from openchat_core.markdown import markdown_table
+from openchat_core.serving.settings import DEFAULT_PORT
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +25,7 @@ def serve(
     model: Annotated[str, typer.Option(help="checkpoint folder, or models:/NAME@champion / models:/NAME/VERSION")],
     engine: Annotated[str, typer.Option(help="auto (vLLM if the serving env exists), vllm, or transformers")] = "auto",
     host: Annotated[str, typer.Option()] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 18888,
+    port: Annotated[int, typer.Option()] = DEFAULT_PORT,
     mlflow_uri: MlflowUri = None,
 ) -> None:
     """Serve a model behind the OpenAI-compatible API (/v1/chat/completions, /v1/models, /health, /ready, /metrics).
@@ -57,7 +59,7 @@ def serve(
 def deploy(
     name: Annotated[str, typer.Argument(help="registered model name")],
     alias: Annotated[str, typer.Option(help="which version to serve")] = "champion",
-    url: Annotated[str, typer.Option(help="where the server runs (started if nothing answers there)")] = "http://127.0.0.1:18888",
+    url: Annotated[str, typer.Option(help="where the server runs (started if nothing answers there)")] = f"http://127.0.0.1:{DEFAULT_PORT}",
     engine: Annotated[str, typer.Option()] = "auto",
     state_dir: Annotated[Path, typer.Option(help="serving state: admin key, server and request logs")] = Path("runs/serving"),
     mlflow_uri: MlflowUri = None,
@@ -77,6 +79,6 @@ def deploy(
         record = deploy_registered(_uri(mlflow_uri), name, alias=alias, url=url, state_dir=state_dir.resolve(), engine=engine, api_keys=keys)
     except (DeployError, RegistryError) as e:
         raise fail(str(e)) from None
-    typer.echo(table([{k: record.get(k) for k in ("served_name", "registry_version", "openai_base_url", "engine", "pid", "unchanged")}]))
+    typer.echo(markdown_table([{k: record.get(k) for k in ("served_name", "registry_version", "openai_base_url", "engine", "pid", "unchanged")}]))
     if record.get("unchanged"):
         typer.echo("the server already serves this version: nothing reloaded")

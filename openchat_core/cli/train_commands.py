@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from openchat_core.cli.options import config_options, pick
 from openchat_core.cli.output import fail
+from openchat_core.config import ModelConfig, TrainConfig
+from openchat_core.tracking import local_tracking_uri
+from openchat_core.training.trainer_config import TrainerConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -15,28 +19,21 @@ def register(app: typer.Typer) -> None:
     app.command("add-special-tokens")(add_special_tokens_command)
 
 
+@config_options((TrainConfig, ["epochs", "batch_max_len", "lr", "lr_min_ratio", "warmup_ratio", "weight_decay", "beta1", "beta2", "eps",
+                                "grad_clip", "zero_stage", "num_procs", "hostfile", "seed", "save_every", "overlong", "drop_last",
+                                "gradient_checkpointing"]),
+                (ModelConfig, ["dtype", "attn_implementation", "add_missing_special_tokens"]),
+                (TrainerConfig, ["resume", "checkpoint_every_steps"]),
+                extra_flags={"num_procs": ["--num-gpus"]})
 def train(
     data: Annotated[Path, typer.Option(help="pretokenized Parquet (openchat pretokenize or OpenChat's generate_dataset)")],
     model_path: Annotated[str, typer.Option(help="local HF causal-LM folder, or preset:tiny-mistral / preset:tiny-llama3 / preset:smollm2-135m")],
     out: Annotated[Path, typer.Option("--out", help="output folder: ep_N checkpoints, state/, train_log.jsonl")],
     eval_data: Annotated[Path | None, typer.Option(help="pretokenized held-out Parquet: eval/loss and eval/accuracy each epoch")] = None,
-    epochs: Annotated[int, typer.Option()] = 3,
-    batch_max_len: Annotated[int, typer.Option(help="tokens per rank per step (multiple of 64)")] = 2048,
-    lr: Annotated[float | None, typer.Option(help="peak learning rate; default: OpenChat's automatic rule (meant for 7B+ models)")] = None,
-    zero_stage: Annotated[int, typer.Option(help="DeepSpeed ZeRO stage 0-3")] = 2,
-    num_procs: Annotated[int, typer.Option("--num-procs", "--num-gpus", help="processes (GPUs) on this node")] = 1,
-    hostfile: Annotated[str | None, typer.Option(help="DeepSpeed hostfile for multi-node training")] = None,
-    dtype: Annotated[str, typer.Option(help="float32 (CPU) or bfloat16 (GPU)")] = "float32",
-    seed: Annotated[int, typer.Option()] = 42,
-    save_every: Annotated[int, typer.Option(help="checkpoint every N epochs (the last always)")] = 1,
-    checkpoint_every_steps: Annotated[int | None, typer.Option(help="also save resumable state every N steps")] = None,
-    resume: Annotated[bool, typer.Option(help="continue from the last complete state in --out")] = False,
-    overlong: Annotated[str, typer.Option(help="sequences over batch_max_len: error or truncate")] = "error",
-    add_missing_special_tokens: Annotated[bool, typer.Option(help="add the template's special tokens (mean-initialised) if the model lacks them")] = False,
-    gradient_checkpointing: Annotated[bool, typer.Option()] = False,
-    mlflow_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI; default sqlite:///<out>/mlflow.db")] = None,
+    mlflow_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI; default: a store in --out")] = None,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="do not track this run")] = False,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name")] = "openchat-train",
+    **settings: Any,
 ) -> None:
     """Train with padding-free multipack batches on the DeepSpeed engine (CPU: gloo; GPU: NCCL).
 
@@ -44,18 +41,14 @@ def train(
     """
     from pydantic import ValidationError
 
-    from openchat_core.config import ModelConfig, TrainConfig
     from openchat_core.training.launcher import TrainingFailed, run_training
-    from openchat_core.training.trainer_config import TrainerConfig
 
     try:
         cfg = TrainerConfig(
             data=str(data.resolve()), eval_data=str(eval_data.resolve()) if eval_data else None, out_dir=str(out.resolve()),
-            train=TrainConfig(epochs=epochs, batch_max_len=batch_max_len, lr=lr, zero_stage=zero_stage, num_procs=num_procs, hostfile=hostfile,
-                              seed=seed, save_every=save_every, overlong=overlong, gradient_checkpointing=gradient_checkpointing),
-            model=ModelConfig(base=model_path, dtype=dtype, add_missing_special_tokens=add_missing_special_tokens),
-            resume=resume, checkpoint_every_steps=checkpoint_every_steps,
-            tracking_uri=None if no_mlflow else (mlflow_uri or f"sqlite:///{out.resolve()}/mlflow.db"), experiment=experiment,
+            train=TrainConfig(**pick(TrainConfig, settings)), model=ModelConfig(base=model_path, **pick(ModelConfig, settings)),
+            **pick(TrainerConfig, settings),
+            tracking_uri=None if no_mlflow else (mlflow_uri or local_tracking_uri(out.resolve())), experiment=experiment,
         )
     except ValidationError as e:
         raise fail(str(e)) from None
@@ -78,7 +71,7 @@ def add_special_tokens_command(
     Example: openchat add-special-tokens --model-path ./Mistral-7B-v0.1 --out ./Mistral-7B-eot --model-type openchat_3.5
     """
     from openchat_core.templates.model_types import get_model_type
-    from openchat_core.training.model_factory import add_special_tokens, load_base_model
+    from openchat_core.models.model_factory import add_special_tokens, load_base_model
 
     try:
         mt = get_model_type(model_type)

@@ -108,11 +108,19 @@ class ConversationWriter:
             self.abort()
 
 
-def iter_conversation_batches(path: Path, batch_rows: int = 4096) -> Iterator[pa.RecordBatch]:
-    """Stream a conversation Parquet file in record batches of at most `batch_rows` rows."""
-    parquet = pq.ParquetFile(path)
+def open_conversation_file(path: Path) -> pq.ParquetFile:
+    """Open a conversation Parquet file, refusing (with how to make one) a file without the conversation columns."""
+    try:
+        parquet = pq.ParquetFile(path)
+    except pa.ArrowInvalid as e:
+        raise ValueError(f"{path}: not a Parquet file ({e}); produce one with `openchat validate`") from None
     missing = set(COLUMNS) - set(parquet.schema_arrow.names)
     if missing:
         raise ValueError(f"{path}: not a conversation Parquet file; missing columns {sorted(missing)} "
                          f"(produce it with `openchat validate`)")
-    yield from parquet.iter_batches(batch_size=batch_rows, columns=list(COLUMNS))
+    return parquet
+
+
+def iter_conversation_batches(path: Path, batch_rows: int = 4096) -> Iterator[pa.RecordBatch]:
+    """Stream a conversation Parquet file in record batches of at most `batch_rows` rows."""
+    yield from open_conversation_file(path).iter_batches(batch_size=batch_rows, columns=list(COLUMNS))

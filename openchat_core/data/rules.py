@@ -11,12 +11,15 @@ import json
 import math
 from dataclasses import dataclass
 from enum import StrEnum
+from collections.abc import Callable
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from openchat_core.schema import ROLES
+
+DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024  # a longer line is rejected (line_too_long) without being loaded
 
 KNOWN_TOP_LEVEL_KEYS = frozenset({"items", "condition", "system"})
 KNOWN_MESSAGE_KEYS = frozenset({"role", "content", "weight"})
@@ -37,6 +40,10 @@ class ErrorCode(StrEnum):
     LONE_SURROGATE = "lone_surrogate"
     NO_ASSISTANT_MESSAGE = "no_assistant_message"
     LINE_TOO_LONG = "line_too_long"
+    # Added for the other input formats (formats.py).
+    UNSUPPORTED_ROLE = "unsupported_role"
+    MISPLACED_SYSTEM = "misplaced_system"
+    INVALID_CONTENT_PART = "invalid_content_part"
 
 
 @dataclass(frozen=True)
@@ -204,20 +211,20 @@ def _parse_float(text: str) -> float:
     return value
 
 
-def parse_line(raw: bytes) -> ValidRecord | Rejection:
-    """Parse and check one non-blank line of bytes.
+def parse_line(raw: bytes, check: Callable[[Any], ValidRecord | Rejection] = check_record) -> ValidRecord | Rejection:
+    """Parse and check one non-blank line of bytes (`check` converts and checks the parsed value).
 
     The fast path is orjson. When it refuses a line, the stdlib parser (which accepts lone
     surrogates, NaN and overflowing numbers) re-reads it so that the rejection can name the
     exact problem and field instead of a generic parse error.
     """
     try:
-        return check_record(orjson.loads(raw))
+        return check(orjson.loads(raw))
     except orjson.JSONDecodeError as fast_error:
-        return _diagnose(raw, str(fast_error))
+        return _diagnose(raw, str(fast_error), check)
 
 
-def _diagnose(raw: bytes, fast_error: str) -> ValidRecord | Rejection:
+def _diagnose(raw: bytes, fast_error: str, check: Callable[[Any], ValidRecord | Rejection]) -> ValidRecord | Rejection:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -228,7 +235,7 @@ def _diagnose(raw: bytes, fast_error: str) -> ValidRecord | Rejection:
         return Rejection(ErrorCode.NON_FINITE_NUMBER, _locate_token(text, e.token), f"JSON numbers must be finite; found {e.token}")
     except json.JSONDecodeError as e:
         return Rejection(ErrorCode.INVALID_JSON, None, f"invalid JSON at column {e.colno}: {e.msg}")
-    result = check_record(obj)
+    result = check(obj)
     if isinstance(result, ValidRecord):  # stdlib accepted what orjson refused: report orjson's reason
         return Rejection(ErrorCode.INVALID_JSON, None, f"invalid JSON: {fast_error}")
     return result

@@ -1,9 +1,13 @@
-"""Streaming validation of Conversation JSONL files (`openchat validate`).
+"""Streaming validation of conversation files (`openchat validate`).
 
-Every input line ends in exactly one of three places: the validated Parquet, the quarantine
-(with a stable code and a message naming file, line and field), or the blank count. The
-invariant lines = valid + rejected + blank is checked before the report is written.
-Memory is bounded by the output batch size and the longest accepted line, never the file size.
+Every input record (a JSONL line, a JSON array element, a Parquet or `datasets` row) ends in
+exactly one of three places: the validated Parquet, the quarantine (with a stable code and a
+message naming file, record and field), or the blank count. The invariant
+lines = valid + rejected + blank is checked before the report is written (`lines` counts records;
+`line` is the record's 1-based number in its file). OpenChat-format JSONL takes a fast path
+(pydantic-core); other formats are mapped by `formats.py` and checked by the same rules.
+Memory is bounded by the output batch size and the longest accepted line, never the file size
+(a `.json` array is the exception: it is one JSON document, parsed whole).
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from openchat_core.data.conversations_io import ConversationWriter
-from openchat_core.data.rules import ErrorCode, FastPath, Rejection, parse_line
+from openchat_core.data.formats import FORMAT_CHOICES, FormatDetectionError, FormatName, choose_format, detect_from_keys, record_checker
+from openchat_core.data.rules import DEFAULT_MAX_LINE_BYTES, ErrorCode, FastPath, Rejection, ValidRecord, parse_line
+from openchat_core.data.sources import InputKind, column_names, input_kind, iter_records, record_bytes, sample_records
 
 UTF8_BOM = b"\xef\xbb\xbf"
-DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
 RAW_PREVIEW_BYTES = 64 * 1024
 _READ_CHUNK = 1024 * 1024
 
@@ -37,6 +42,17 @@ class SourceCounts:
     valid: int = 0
     rejected: int = 0
     blank: int = 0
+    format: str = "openchat"
+    detected: bool = False  # the format was chosen by `auto`
+
+
+@dataclass(frozen=True)
+class InputSource:
+    """One input path with its format (`auto` detects it) and the condition given to records without one."""
+
+    path: Path
+    format: str = "openchat"
+    condition: str | None = None
 
 
 @dataclass
@@ -148,59 +164,144 @@ def _quarantine_entry(source: str, line: RawLine, rejection: Rejection) -> dict[
     return entry
 
 
-def _validate_into(paths: list[Path], out: Path, quarantine_tmp: Path, fast: FastPath, report: ValidationReport,
+class _Sink:
+    """Where records end: the writer, the quarantine, and the counts of one source."""
+
+    def __init__(self, writer: ConversationWriter, quarantine: IO[str], by_code: Counter[str], unknown: Counter[str]) -> None:
+        self.writer, self.quarantine, self.by_code, self.unknown = writer, quarantine, by_code, unknown
+
+    def reject(self, counts: SourceCounts, source: str, line: RawLine, rejection: Rejection) -> None:
+        counts.rejected += 1
+        self.by_code[str(rejection.code)] += 1
+        self.quarantine.write(json.dumps(_quarantine_entry(source, line, rejection), ensure_ascii=False) + "\n")
+
+    def accept(self, counts: SourceCounts, source: str, number: int, result: ValidRecord) -> None:
+        counts.valid += 1
+        self.unknown.update(result.unknown_keys)
+        self.writer.write(source, number, result.condition, result.system, result.items)
+
+
+def _too_long(line: RawLine, max_line_bytes: int) -> Rejection:
+    return Rejection(ErrorCode.LINE_TOO_LONG, None, f"line is {line.length} bytes, over the limit of {max_line_bytes} bytes")
+
+
+def _openchat_lines(stream: IO[bytes], source: str, counts: SourceCounts, sink: _Sink, fast: FastPath, max_line_bytes: int,
+                    default_condition: str | None) -> None:
+    """OpenChat-format JSONL: the pydantic-core fast path for valid lines, the exact rules for the rest."""
+    writer, unknown = sink.writer, sink.unknown
+    check = record_checker("openchat", default_condition)
+    for line in iter_raw_lines(stream, max_line_bytes):
+        counts.lines += 1
+        if not line.truncated and not line.data.strip():
+            counts.blank += 1
+            continue
+        if not line.truncated:
+            conv = fast.parse(line.data)
+            if conv is not None:
+                counts.valid += 1
+                if conv.__pydantic_extra__ or any(m.__pydantic_extra__ for m in conv.items):
+                    unknown.update(fast.unknown_keys(conv))
+                condition = conv.condition if default_condition is None or "condition" in conv.model_fields_set else default_condition
+                writer.write_messages(source, line.number, condition, conv.system, [m.role for m in conv.items],
+                                      [m.content for m in conv.items], [m.weight for m in conv.items])
+                continue
+            result: Any = parse_line(line.data, check)
+        else:
+            result = _too_long(line, max_line_bytes)
+        if isinstance(result, Rejection):
+            sink.reject(counts, source, line, result)
+        else:
+            sink.accept(counts, source, line.number, result)
+
+
+def _format_lines(stream: IO[bytes], source: str, counts: SourceCounts, sink: _Sink, fmt: FormatName, max_line_bytes: int,
+                  default_condition: str | None) -> None:
+    """JSONL of another format: each line parsed, mapped and checked by the same rules."""
+    check = record_checker(fmt, default_condition)
+    for line in iter_raw_lines(stream, max_line_bytes):
+        counts.lines += 1
+        if not line.truncated and not line.data.strip():
+            counts.blank += 1
+            continue
+        result = _too_long(line, max_line_bytes) if line.truncated else parse_line(line.data, check)
+        if isinstance(result, Rejection):
+            sink.reject(counts, source, line, result)
+        else:
+            sink.accept(counts, source, line.number, result)
+
+
+def _records(path: Path, kind: InputKind, source: str, counts: SourceCounts, sink: _Sink, fmt: FormatName, default_condition: str | None,
+             batch_rows: int) -> None:
+    """Parsed records (JSON array, Parquet, `datasets`): mapped and checked; none is blank."""
+    check = record_checker(fmt, default_condition)
+    for number, record in iter_records(path, kind, batch_rows):
+        counts.lines += 1
+        result = check(record)
+        if isinstance(result, Rejection):
+            sink.reject(counts, source, RawLine(number, record_bytes(record)), result)
+        else:
+            sink.accept(counts, source, number, result)
+
+
+def resolve_format(spec: InputSource, kind: InputKind, max_line_bytes: int) -> tuple[FormatName, bool]:
+    """The source's format, and whether it was detected (`auto`: from Arrow column names, or the first records)."""
+    if spec.format != "auto":
+        if spec.format not in FORMAT_CHOICES:
+            raise ValueError(f"{spec.path}: unknown format {spec.format!r}; choose one of {', '.join(FORMAT_CHOICES)}")
+        return spec.format, False  # type: ignore[return-value]
+    if kind in ("parquet", "datasets"):
+        names = column_names(spec.path, kind)
+        found = detect_from_keys(names)
+        if found is None:
+            raise FormatDetectionError(f"{spec.path}: cannot tell the format from its columns {names}; pass --format (or `format:` in the data source)")
+        return found, True
+    if kind == "json":
+        return choose_format(sample_records(spec.path, kind), str(spec.path)), True
+    with open_input(spec.path) as stream:
+        return choose_format(sample_records(spec.path, kind, iter_raw_lines(stream, max_line_bytes)), str(spec.path)), True
+
+
+def _validate_into(specs: list[InputSource], out: Path, quarantine_tmp: Path, fast: FastPath, report: ValidationReport,
                    by_code: Counter[str], unknown: Counter[str], max_line_bytes: int, batch_rows: int) -> None:
     with ConversationWriter(out / "conversations.parquet", batch_rows=batch_rows) as writer, open(quarantine_tmp, "w", encoding="utf-8") as quarantine:
-        for path in paths:
-            source = str(path)
-            counts = report.sources.setdefault(source, SourceCounts())
-            with open_input(path) as stream:
-                for line in iter_raw_lines(stream, max_line_bytes):
-                    counts.lines += 1
-                    if not line.truncated and not line.data.strip():
-                        counts.blank += 1
-                        continue
-                    if not line.truncated:
-                        conv = fast.parse(line.data)
-                        if conv is not None:
-                            counts.valid += 1
-                            if conv.__pydantic_extra__ or any(m.__pydantic_extra__ for m in conv.items):
-                                unknown.update(fast.unknown_keys(conv))
-                            writer.write_messages(source, line.number, conv.condition, conv.system, [m.role for m in conv.items],
-                                                  [m.content for m in conv.items], [m.weight for m in conv.items])
-                            continue
-                        result: Any = parse_line(line.data)
+        sink = _Sink(writer, quarantine, by_code, unknown)
+        for spec in specs:
+            source = str(spec.path)
+            kind = input_kind(spec.path)
+            fmt, detected = resolve_format(spec, kind, max_line_bytes)
+            counts = report.sources.setdefault(source, SourceCounts(format=fmt, detected=detected))
+            if kind == "jsonl":
+                with open_input(spec.path) as stream:
+                    if fmt == "openchat":
+                        _openchat_lines(stream, source, counts, sink, fast, max_line_bytes, spec.condition)
                     else:
-                        result = Rejection(ErrorCode.LINE_TOO_LONG, None, f"line is {line.length} bytes, over the limit of {max_line_bytes} bytes")
-                    if isinstance(result, Rejection):
-                        counts.rejected += 1
-                        by_code[str(result.code)] += 1
-                        quarantine.write(json.dumps(_quarantine_entry(source, line, result), ensure_ascii=False) + "\n")
-                        continue
-                    counts.valid += 1
-                    unknown.update(result.unknown_keys)
-                    writer.write(source, line.number, result.condition, result.system, result.items)
+                        _format_lines(stream, source, counts, sink, fmt, max_line_bytes, spec.condition)
+            else:
+                _records(spec.path, kind, source, counts, sink, fmt, spec.condition, batch_rows)
 
 
 def validate_files(
-    inputs: Sequence[Path | str],
+    inputs: Sequence[Path | str | InputSource],
     out_dir: Path | str,
     *,
+    format: str = "openchat",  # noqa: A002 - the CLI option's name
+    condition: str | None = None,
     max_rejected_fraction: float | None = None,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     batch_rows: int = 4096,
 ) -> ValidationReport:
-    """Validate JSONL inputs into `out_dir/{conversations.parquet, quarantine.jsonl, report.json}`.
+    """Validate inputs into `out_dir/{conversations.parquet, quarantine.jsonl, report.json}`.
 
-    Raises `RejectedFractionExceeded` after writing all three outputs when the rejected share
-    is above `max_rejected_fraction`, so the quarantine can be inspected.
+    A plain path takes `format` and `condition`; an `InputSource` carries its own. Raises
+    `RejectedFractionExceeded` after writing all three outputs when the rejected share is above
+    `max_rejected_fraction`, so the quarantine can be inspected.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [Path(p) for p in inputs]
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"input file not found: {path}")
+    specs = [p if isinstance(p, InputSource) else InputSource(Path(p), format, condition) for p in inputs]
+    for spec in specs:
+        if not spec.path.is_file() and not spec.path.is_dir():
+            raise FileNotFoundError(f"input file not found: {spec.path}")
 
     report = ValidationReport(max_rejected_fraction=max_rejected_fraction)
     by_code: Counter[str] = Counter()
@@ -210,7 +311,10 @@ def validate_files(
     gc_was_enabled = gc.isenabled()
     gc.disable()  # millions of short-lived objects; cyclic collections would traverse them over and over
     try:
-        _validate_into(paths, out, quarantine_tmp, fast, report, by_code, unknown, max_line_bytes, batch_rows)
+        _validate_into(specs, out, quarantine_tmp, fast, report, by_code, unknown, max_line_bytes, batch_rows)
+    except BaseException:
+        quarantine_tmp.unlink(missing_ok=True)
+        raise
     finally:
         if gc_was_enabled:
             gc.enable()

@@ -125,7 +125,6 @@ def assign_weights_file(in_path: Path | str, out_dir: Path | str, policy: Weight
                     continue
                 items, kept = assign_weights(row["items"], weight, keep)
                 report.kept_explicit += kept
-                _accumulate(report.conditions.setdefault(condition, ConditionStats(weight=weight)), items)
                 report.conversations += 1
                 writer.write(row["source"], row["line"], condition, row["system"] or "", items)
         if report.unknown_conditions:
@@ -133,18 +132,28 @@ def assign_weights_file(in_path: Path | str, out_dir: Path | str, policy: Weight
             raise UnknownConditionError(
                 f"conditions missing from the weight map: {listing}. Known: {sorted(policy.condition_weights)}. "
                 f"Add them (e.g. --weight 'NAME=0.1'), or set unknown_condition='default' with a default_weight.")
+    report.conditions = condition_stats(out / "weighted.parquet", policy)
     (out / "weights_report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
     return report
 
 
-def _accumulate(stats: ConditionStats, items: list[dict[str, Any]]) -> None:
-    stats.conversations += 1
-    for msg in items:
-        if msg["role"] == "assistant":
-            stats.assistant_turns += 1
-        if msg["weight"] > 0:
-            stats.supervised_turns += 1
-            stats.supervised_chars += len(msg["content"])
+def condition_stats(weighted: Path, policy: WeightPolicy) -> dict[str, ConditionStats]:
+    """Per condition of a weighted file: conversations, assistant turns, supervised turns and characters (polars, streaming)."""
+    import polars as pl
+
+    messages = pl.scan_parquet(weighted).select(pl.col("condition").fill_null(""), "items").with_row_index("row").explode("items").unnest("items")
+    supervised = pl.col("weight") > 0
+    table = messages.group_by("condition").agg(
+        pl.col("row").n_unique().alias("conversations"),
+        (pl.col("role") == "assistant").sum().alias("assistant_turns"),
+        supervised.sum().alias("supervised_turns"),
+        pl.when(supervised).then(pl.col("content").str.len_chars()).otherwise(0).sum().alias("supervised_chars"),
+    ).collect(engine="streaming")
+    stats = {}
+    for row in table.sort("condition").to_dicts():
+        condition = row.pop("condition")
+        stats[condition] = ConditionStats(**{k: int(v) for k, v in row.items()}, weight=policy.weight_for(condition))
+    return stats
 
 
 def condition_table(report: WeightsReport | Mapping[str, Any]) -> list[dict[str, Any]]:

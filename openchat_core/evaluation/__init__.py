@@ -4,8 +4,8 @@ Modules (each one job; none imports Prefect, MLflow, torch or vLLM at import tim
 - `matchers`, `math_answer`, `grading/`: pure `(row, response) -> MatchResult` scorers;
 - `task_types`: task type -> matcher and row checks (OpenChat's MATCH_ANSWER_FUNCTION);
 - `eval_data`: `<root>/<task_type>/<task>.jsonl` loading, prefix selection, issues, digest;
-- `generation`: the `Generator` interface and shared rules; `hf_generator` (transformers),
-  `vllm_generator` + `vllm_worker` (vLLM in the serving environment);
+- `generation`: the `Generator` interface and shared rules; `transformers_generator` (transformers),
+  `vllm_generator` + `vllm_worker` (vLLM in the serving environment); `generators`: picks one;
 - `runner`: `run_generation_eval` -> results.jsonl + summary.json; `summary`: aggregation;
 - `view`: tables across result folders.
 

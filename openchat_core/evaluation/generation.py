@@ -12,26 +12,21 @@ Shared rules, so the engines are interchangeable and comparable:
   `skip_special_tokens=True`, by the same function for both engines, so identical ids always
   give identical text (vLLM's incremental detokenizer runs under another transformers version).
 
-Engines: `TransformersGenerator` (in-process, `hf_generator.py`) and `VLLMGenerator` (vLLM's
-offline engine in the serving environment, through a subprocess worker, `vllm_generator.py`).
+Engines: `TransformersGenerator` (in-process, `transformers_generator.py`) and `VLLMGenerator` (vLLM's
+offline engine in the serving environment, through a subprocess worker, `vllm_generator.py`);
+`generators.make_generator` picks one. The engines import this module, never the other way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
-
-from openchat_core.serve_env import SERVE_PYTHON_ENV, find_serve_python  # noqa: F401 - part of this module's interface
-from openchat_core.serve_env import repo_root as package_root  # noqa: F401
-from openchat_core.training.checkpoint import context_limit  # noqa: F401
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 FinishReason = Literal["stop", "length"]
-EngineKind = Literal["auto", "vllm", "transformers"]
 
 
 @dataclass(frozen=True)
@@ -77,40 +72,8 @@ def check_generate_args(prompts: Sequence[Sequence[int]], max_new_tokens: int) -
             raise ValueError(f"prompt {i} is empty; prompts are token ids from ConversationTemplate.prompt_ids")
 
 
-def resolve_model_type(model_dir: Path | str, model_type: str | None = None) -> str:
-    """The checkpoint's model type (from `openchat.json`), unless given explicitly (for plain HF folders)."""
-    if model_type:
-        return model_type
-    from openchat_core.training.checkpoint import METADATA_FILE, read_checkpoint
-
-    path = Path(model_dir)
-    if not (path / METADATA_FILE).is_file():
-        raise FileNotFoundError(f"{path} has no {METADATA_FILE}, so its model type (prompt format, EOT) is unknown; "
-                                f"pass model_type=... (e.g. 'openchat_3.5') for a plain Hugging Face folder")
-    return read_checkpoint(path).model_type
-
-
 def stop_token_ids_for(tokenizer: PreTrainedTokenizerBase, model_type: str) -> list[int]:
     """The model type's EOT ids in this tokenizer: what OpenChat stops on (`conv_template.eot_tokens_`)."""
     from openchat_core.templates.conversation import TemplateSpec
 
     return list(TemplateSpec.from_tokenizer(model_type, tokenizer).eot_ids)
-
-
-def make_generator(kind: EngineKind | str, model_dir: Path | str, **options: Any) -> Generator:
-    """An engine for a checkpoint. `auto`: vLLM when the serving environment exists, else transformers.
-
-    `options` go to the engine's constructor (`stop_token_ids`, `model_type`, `dtype`, and
-    engine-specific ones such as `batch_size` or `max_model_len`).
-    """
-    if kind == "auto":
-        kind = "vllm" if find_serve_python() is not None else "transformers"
-    if kind == "vllm":
-        from openchat_core.evaluation.vllm_generator import VLLMGenerator
-
-        return VLLMGenerator(model_dir, **options)
-    if kind == "transformers":
-        from openchat_core.evaluation.hf_generator import TransformersGenerator
-
-        return TransformersGenerator.from_checkpoint(model_dir, **options)
-    raise ValueError(f"unknown engine {kind!r}; use 'auto', 'vllm' or 'transformers'")

@@ -16,7 +16,7 @@ def heldout_metrics(model_dir: Path | str, tokens_path: Path | str, batch_max_le
 
     from openchat_core.training.data import TokenDataset, sequential_batches
     from openchat_core.training.loss import weighted_sums
-    from openchat_core.training.model_factory import load_base_model
+    from openchat_core.models.model_factory import load_base_model
 
     if model is None:
         model, _ = load_base_model(model_dir, packed=True)

@@ -19,23 +19,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from openchat_core.atomic import write_text_atomic
 from openchat_core.evaluation.eval_data import EvalData, EvalDataIssue, EvalQuestion, load_eval_data
-from openchat_core.evaluation.generation import Generation, Generator, context_limit, make_generator, resolve_model_type
+from openchat_core.evaluation.generation import Generation, Generator
+from openchat_core.evaluation.generators import make_generator
 from openchat_core.evaluation.summary import EvalSummary, QuestionResult, aggregate, finish_reason_counts
 from openchat_core.evaluation.task_types import get_task_type
+from openchat_core.models.checkpoint import checkpoint_model_type, context_limit
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
 ISSUES_FILE = "data_issues.jsonl"
 TIMINGS_FILE = "timings.json"
-DEFAULT_MAX_NEW_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -96,12 +97,6 @@ def score_question(question: EvalQuestion, generation: Generation, prompt_tokens
                           prompt_tokens=prompt_tokens, output_token_ids=list(generation.token_ids), error=error)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _notes(data: EvalData, results: Sequence[QuestionResult], truncated: int, max_new_tokens: int) -> list[str]:
     notes = []
     if any(q.task_type == "fs_cothub/math" for q in data.questions):
@@ -122,7 +117,7 @@ def _notes(data: EvalData, results: Sequence[QuestionResult], truncated: int, ma
 
 def run_generation_eval(model_dir: Path | str, eval_data_root: Path | str, eval_sets: Sequence[str] = (), *,
                         out_dir: Path | str, condition: str = "", system: str = "",
-                        engine: str | Generator = "auto", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                        engine: str | Generator = "auto", max_new_tokens: int,
                         limit_per_task: int | None = None, model_type: str | None = None,
                         strict_data: bool = False, engine_options: dict[str, Any] | None = None) -> EvalResult:
     """Evaluate a checkpoint on the selected eval sets and write the results folder (see module docstring).
@@ -138,7 +133,7 @@ def run_generation_eval(model_dir: Path | str, eval_data_root: Path | str, eval_
     started = time.perf_counter()
     model_path = Path(model_dir)
     out = Path(out_dir)
-    mtype = resolve_model_type(model_path, model_type)
+    mtype = checkpoint_model_type(model_path, model_type).name
     limit = context_limit(model_path, mtype)
     if max_new_tokens >= limit:
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the {limit}-token context")
@@ -171,14 +166,14 @@ def run_generation_eval(model_dir: Path | str, eval_data_root: Path | str, eval_
         notes=_notes(data, results, truncated, max_new_tokens))
 
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / RESULTS_FILE, "".join(r.model_dump_json() + "\n" for r in results))
+    write_text_atomic(out / RESULTS_FILE, "".join(r.model_dump_json() + "\n" for r in results))
     if data.issues:
-        _write_atomic(out / ISSUES_FILE, "".join(json.dumps(asdict(i)) + "\n" for i in data.issues))
+        write_text_atomic(out / ISSUES_FILE, "".join(json.dumps(asdict(i)) + "\n" for i in data.issues))
     else:
         (out / ISSUES_FILE).unlink(missing_ok=True)  # from an earlier run into the same folder
-    _write_atomic(out / SUMMARY_FILE, summary.model_dump_json(indent=2) + "\n")
+    write_text_atomic(out / SUMMARY_FILE, summary.model_dump_json(indent=2) + "\n")
     timings["total_s"] = round(time.perf_counter() - started, 3)
     timings["generated_tokens"] = sum(len(r.output_token_ids) for r in results)
     timings["engine_run"] = getattr(generator, "last_run", {})
-    _write_atomic(out / TIMINGS_FILE, json.dumps(timings, indent=2) + "\n")
+    write_text_atomic(out / TIMINGS_FILE, json.dumps(timings, indent=2) + "\n")
     return EvalResult(out_dir=out, summary=summary, results=tuple(results), issues=data.issues, timings=timings)

@@ -19,18 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from openchat_core.evaluation.generation import (
-    SERVE_PYTHON_ENV,
     Generation,
     check_generate_args,
-    context_limit,
     cut_at_stop,
     decode_generation,
-    find_serve_python,
-    package_root,
-    resolve_model_type,
     stop_token_ids_for,
 )
-from openchat_core.serve_env import checkout_env
+from openchat_core.models.checkpoint import checkpoint_model_type, context_limit
+from openchat_core.serve_env import SERVE_PYTHON_ENV, checkout_env, find_serve_python, repo_root
 
 LOG_TAIL_LINES = 40
 
@@ -62,9 +58,9 @@ class VLLMGenerator:
         if resolved is None:
             raise FileNotFoundError(
                 f"no serving environment found for vLLM: set ${SERVE_PYTHON_ENV} to its python, or create "
-                f"{package_root() / '.venv-serve'} (make setup); or use the transformers engine")
+                f"{repo_root() / '.venv-serve'} (make setup); or use the transformers engine")
         self.python = resolved
-        self.model_type = resolve_model_type(self.model_dir, model_type)
+        self.model_type = checkpoint_model_type(self.model_dir, model_type).name
         self.tokenizer = load_tokenizer(self.model_dir)  # decodes text here, identically for both engines
         self.stop_token_ids = [int(t) for t in (stop_token_ids or stop_token_ids_for(self.tokenizer, self.model_type))]
         if not self.stop_token_ids:

@@ -34,9 +34,9 @@ class OpenChatChatModel(mlflow.pyfunc.PythonModel):
     """predict([{"messages": [...], "condition": "", "system": ""}, ...]) -> replies (greedy, stops at EOT)."""
 
     def load_context(self, context: Any) -> None:
-        from openchat_core.evaluation.hf_generator import TransformersGenerator
+        from openchat_core.evaluation.transformers_generator import TransformersGenerator
         from openchat_core.templates.conversation import ConversationTemplate
-        from openchat_core.training.checkpoint import read_checkpoint
+        from openchat_core.models.checkpoint import read_checkpoint
 
         path = context.artifacts[CHECKPOINT_ARTIFACT]
         self.generator = TransformersGenerator.from_checkpoint(path)

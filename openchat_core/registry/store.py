@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,9 +146,9 @@ class ModelRegistry:
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         if run_id is None:
-            from openchat_core.tracking import ensure_experiment
+            from openchat_core.tracking import default_artifact_location, ensure_experiment
 
-            exp_id = ensure_experiment(self.client, self.name, self.tracking_uri)
+            exp_id = ensure_experiment(self.client, self.name, default_artifact_location(self.tracking_uri))
             run_id = self.client.create_run(exp_id, run_name="register").info.run_id
         status = self.client.get_run(run_id).info.status
         with mlflow.start_run(run_id=run_id):
@@ -205,14 +204,12 @@ class ModelRegistry:
         target = cache_root() / "registry" / self.name / f"{info.version}-{text_digest(self.tracking_uri, info.source, length=12)}"
         if (target / "MLmodel").is_file():
             return _checkpoint_in(target)
-        staging = target.with_name(target.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        from openchat_core.atomic import publish_folder
+
         mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.name}/{info.version}", dst_path=str(staging),
-                                            tracking_uri=self.tracking_uri)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        with publish_folder(target) as staging:
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.name}/{info.version}", dst_path=str(staging),
+                                                tracking_uri=self.tracking_uri)
         return _checkpoint_in(target)
 
 

@@ -135,10 +135,7 @@ def build_router() -> APIRouter:
 
 
 def _live(request: Request) -> ModelRuntime:
-    try:
-        return request.app.state.models.live()
-    except ModelSwitchError as exc:
-        raise OpenAIError(exc.status, str(exc), code=exc.code) from exc
+    return request.app.state.models.live()  # ModelSwitchError -> its OpenAI error (errors.install_error_handlers)
 
 
 async def _switch_model(body: AdminLoadRequest, request: Request) -> AdminLoadResponse:
@@ -156,9 +153,9 @@ async def _switch_model(body: AdminLoadRequest, request: Request) -> AdminLoadRe
                                f"as the server sees it.", param="model", code="model_not_found")
     try:
         outcome = await manager.switch(ModelSpec(path, body.served_name, body.registry_version, body.model_type))
-    except ModelSwitchError as exc:
+    except ModelSwitchError:
         metrics.switches.labels("conflict").inc()
-        raise OpenAIError(exc.status, str(exc), code=exc.code) from exc
+        raise
     except ModelLoadError as exc:
         metrics.switches.labels(f"{exc.stage}_failed").inc()
         record["error"] = str(exc)

@@ -54,7 +54,7 @@ from openchat_core.serving.protocol import (
     Choice,
     Usage,
 )
-from openchat_core.serving.runtime import ModelManager, ModelRuntime, ModelSwitchError
+from openchat_core.serving.runtime import ModelManager, ModelRuntime
 from openchat_core.serving.settings import ServeSettings
 
 logger = logging.getLogger("openchat_core.serving")
@@ -150,8 +150,6 @@ def _engine_error(exc: Exception) -> OpenAIError:
         return OpenAIError(400, f"The engine rejected the request: {exc}", code="invalid_request")
     if isinstance(exc, EngineUnavailableError):
         return OpenAIError(503, f"The model is not available right now ({exc}); retry shortly.", code="engine_unavailable")
-    if isinstance(exc, ModelSwitchError):
-        return OpenAIError(exc.status, str(exc), code=exc.code)
     logger.error("generation failed: %s", exc, exc_info=exc)
     return OpenAIError(500, "Generation failed; the server log has the details.", type="server_error", code="engine_error")
 
@@ -268,10 +266,7 @@ class ChatService:
     async def create(self, body: ChatCompletionRequest, raw: Request) -> Response:
         record: dict[str, Any] = raw.scope.get("state", {}).get(LOG_STATE_KEY, {})
         record.update({"model": body.model, "n": body.n_choices, "stream": bool(body.stream)})
-        try:
-            runtime = self.manager.live()  # resolved once: this request stays on this model even if a switch happens
-        except ModelSwitchError as exc:
-            raise _engine_error(exc) from exc
+        runtime = self.manager.live()  # resolved once: this request stays on this model even if a switch happens
         lease = Lease(runtime, self.metrics)
         handed_off = False
         try:

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from openchat_core.serving.protocol import ErrorDetail, ErrorResponse
+from openchat_core.serving.runtime import ModelSwitchError
 
 logger = logging.getLogger("openchat_core.serving")
 
@@ -104,6 +105,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OpenAIError)
     async def _openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
         return _respond(request, exc)
+
+    @app.exception_handler(ModelSwitchError)
+    async def _model_switch(request: Request, exc: ModelSwitchError) -> JSONResponse:
+        """No live model yet (503) or a switch already running (409): raised by routes, answered here once."""
+        return _respond(request, OpenAIError(exc.status, str(exc), code=exc.code))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

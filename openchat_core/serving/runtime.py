@@ -30,7 +30,7 @@ from typing import Any
 from openchat_core.serving.engines.base import Engine, EngineConfig, SamplingOptions
 from openchat_core.serving.protocol import LoadedModelInfo, ModelCard, SmokeResult
 from openchat_core.serving.settings import ServeSettings
-from openchat_core.templates.model_types import ModelType, get_model_type
+from openchat_core.templates.model_types import ModelType
 
 logger = logging.getLogger("openchat_core.serving")
 
@@ -139,22 +139,9 @@ def _eos_ids(value: Any) -> list[int]:
     return []
 
 
-def resolve_model_type(spec: ModelSpec) -> ModelType:
-    from openchat_core.training.checkpoint import METADATA_FILE
-
-    name = spec.model_type or _read_json(spec.model_dir / METADATA_FILE).get("model_type")
-    if not name:
-        raise ModelLoadError("load", f"{spec.model_dir} has no {METADATA_FILE} with a model_type; pass model_type "
-                                     f"(--model-type / \"model_type\") or serve a checkpoint written by the pipeline")
-    try:
-        return get_model_type(str(name))
-    except KeyError as exc:
-        raise ModelLoadError("load", str(exc.args[0])) from exc
-
-
 def context_length(model_dir: Path, model_type: ModelType, cap: int | None) -> int:
     """The model type's max context, bounded by the model's position embeddings and the settings cap."""
-    from openchat_core.training.checkpoint import context_limit
+    from openchat_core.models.checkpoint import context_limit
 
     limit = context_limit(model_dir, model_type.name)
     return limit if cap is None else min(limit, cap)
@@ -206,7 +193,14 @@ async def load_runtime(spec: ModelSpec, settings: ServeSettings, engine_factory:
     spec = ModelSpec(model_dir, spec.served_name, spec.registry_version, spec.model_type)
     if not (model_dir / "config.json").is_file():
         raise ModelLoadError("load", f"{model_dir} is not a model folder (no config.json)")
-    model_type = resolve_model_type(spec)
+    from openchat_core.models.checkpoint import checkpoint_model_type
+
+    try:
+        model_type = checkpoint_model_type(model_dir, spec.model_type)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ModelLoadError("load", f"{exc}; or serve a checkpoint written by the pipeline") from exc
+    except KeyError as exc:
+        raise ModelLoadError("load", str(exc.args[0])) from exc
     await asyncio.to_thread(check_safetensors, model_dir)
     try:
         template, special_tokens = await asyncio.to_thread(_load_template, model_dir, model_type)

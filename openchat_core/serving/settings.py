@@ -23,6 +23,7 @@ API_KEYS_ENV = "OPENCHAT_API_KEYS"
 ADMIN_KEY_ENV = "OPENCHAT_ADMIN_KEY"
 
 EngineKind = Literal["vllm", "transformers"]
+DEFAULT_PORT = 18888  # OpenChat's
 
 
 def keys_from_env(name: str = API_KEYS_ENV, environ: typing.Mapping[str, str] | None = None) -> list[str]:
@@ -49,7 +50,7 @@ class ServeSettings(BaseModel):
 
     # Network
     host: str = Field("127.0.0.1", description="Interface to bind; keep 127.0.0.1 behind an HTTPS gateway.")
-    port: int = Field(18888, ge=0, le=65535, description="TCP port (OpenChat's default is 18888).")
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="TCP port (OpenChat's default is 18888).")
     timeout_keep_alive: int = Field(5, ge=1, description="Seconds an idle keep-alive connection stays open.")
     allowed_origins: list[str] = Field(default_factory=list, description="CORS origins to allow; empty: no CORS headers.")
 

@@ -19,12 +19,12 @@ import base64
 import hashlib
 import importlib.metadata
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from openchat_core.atomic import publish_folder
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -195,29 +195,16 @@ def tokenizer_preset_dir(name: str) -> Path:
     target = cache_root() / "tokenizers" / f"{name}-v{BUILDER_VERSION}"
     if (target / "tokenizer.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
+    with publish_folder(target, shared_cache=True) as staging:
         TOKENIZER_BUILDERS[name]().save_pretrained(str(staging))
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first; its copy is identical
-            pass
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
 def resolve_tokenizer_dir(path_or_preset: str | os.PathLike[str]) -> Path:
-    """A local tokenizer/model folder, or the cached folder of `preset:NAME`."""
+    """A local tokenizer/model folder, or the cached folder of tokenizer preset `preset:NAME` (model presets: models.presets.tokenizer_source)."""
     text = str(path_or_preset)
     if is_preset(text):
-        name = text[len(PRESET_PREFIX):]
-        from openchat_core.training.presets import MODEL_PRESETS  # model presets name their tokenizer
-
-        if name in MODEL_PRESETS:
-            name = MODEL_PRESETS[name].tokenizer
-        return tokenizer_preset_dir(name)
+        return tokenizer_preset_dir(text[len(PRESET_PREFIX):])
     path = Path(text).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(

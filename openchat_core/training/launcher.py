@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from openchat_core.ports import free_port
 from openchat_core.telemetry import without_telemetry
 from openchat_core.templates.tokenizers import cache_root
 from openchat_core.training.trainer_config import TrainerConfig
@@ -41,12 +41,6 @@ class TrainingFailed(RuntimeError):
     def retryable(self) -> bool:
         """A crash, a kill or a runtime/communication error may pass on a retry (which resumes); bad input will not."""
         return self.cause_type not in NON_RETRYABLE_CAUSES
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cuda_available() -> bool:

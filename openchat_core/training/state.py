@@ -12,6 +12,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from openchat_core.atomic import write_text_atomic
+
 STATE_DIR = "state"
 MARKER = "openchat_state.json"
 
@@ -30,9 +32,7 @@ class ResumePoint:
 
 def write_marker(out_dir: Path, point: ResumePoint) -> None:
     folder = Path(out_dir) / STATE_DIR / point.tag
-    tmp = folder / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(asdict(point)) + "\n")
-    tmp.replace(folder / MARKER)
+    write_text_atomic(folder / MARKER, json.dumps(asdict(point)) + "\n")
 
 
 def latest_resume_point(out_dir: Path) -> ResumePoint | None:

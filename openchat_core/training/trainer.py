@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from openchat_core.models.checkpoint import epoch_checkpoint_dir, save_checkpoint
 from openchat_core.templates.conversation import MissingSpecialTokenError, check_special_tokens
 from openchat_core.templates.model_types import get_model_type
 from openchat_core.tracking import MlflowTracker, NullTracker, Tracker
-from openchat_core.training.checkpoint import epoch_checkpoint_dir, save_checkpoint
 from openchat_core.training.data import TokenDataset, sequential_batches
 from openchat_core.training.loss import weighted_sums
 from openchat_core.training.sampler import MultipackSampler
@@ -97,7 +97,7 @@ class Trainer:
                  + (f"; {len(self.dataset.truncated)} sequences truncated to {t.batch_max_len}" if len(self.dataset.truncated) else ""))
 
     def _setup_model(self) -> None:
-        from openchat_core.training.model_factory import add_special_tokens, load_base_model
+        from openchat_core.models.model_factory import add_special_tokens, load_base_model
 
         m = self.cfg.model
         attn = None if m.attn_implementation == "auto" else m.attn_implementation
@@ -171,7 +171,7 @@ class Trainer:
         self.tracker.set_tags({"openchat.stage": "train", "openchat.model_type": self.model_type.name, "openchat.data_digest": self.dataset.digest()})
 
     # -- steps ------------------------------------------------------------------------------------
-    def _loss_step(self, indices: Any, global_num_seqs: float) -> dict[str, float]:
+    def _train_step(self, indices: Any, global_num_seqs: float) -> dict[str, float]:
         import torch
         import torch.distributed as dist
 
@@ -205,7 +205,7 @@ class Trainer:
             for step_in_epoch in range(first, plan.num_steps):
                 self.global_step += 1
                 started = time.perf_counter()
-                metrics = self._loss_step(batches[step_in_epoch], float(plan.global_num_seqs[step_in_epoch]))
+                metrics = self._train_step(batches[step_in_epoch], float(plan.global_num_seqs[step_in_epoch]))
                 tokens_per_s = metrics.pop("tokens") / max(time.perf_counter() - started, 1e-9)
                 record = {f"train/{k}": v for k, v in metrics.items()} | {"train/tokens_per_s": tokens_per_s}
                 self.tracker.log_metrics(record, step=self.global_step)

@@ -18,8 +18,8 @@ def test_flash_attention_2_packed_equals_per_sequence(mistral_tokenizer):
         pytest.skip("flash-attn is not installed (pip install flash-attn --no-build-isolation on a CUDA machine)")
     from openchat_core.training.data import PackedBatch
     from openchat_core.training.loss import packed_forward
-    from openchat_core.training.model_factory import build_random_model
-    from openchat_core.training.presets import MODEL_PRESETS
+    from openchat_core.models.model_factory import build_random_model
+    from openchat_core.models.presets import MODEL_PRESETS
 
     model = build_random_model(MODEL_PRESETS["tiny-mistral"], mistral_tokenizer, seed=0, dtype="bfloat16",
                                attn_implementation="flash_attention_2").cuda()
@@ -67,9 +67,9 @@ def test_torch_varlen_packed_equals_per_sequence_with_gradients(mistral_tokenize
 
     from openchat_core.training.data import PackedBatch
     from openchat_core.training.loss import packed_forward
-    from openchat_core.training.model_factory import build_random_model
-    from openchat_core.training.presets import MODEL_PRESETS
-    from openchat_core.training.varlen_attention import register, torch_varlen_available
+    from openchat_core.models.model_factory import build_random_model
+    from openchat_core.models.presets import MODEL_PRESETS
+    from openchat_core.models.varlen_attention import register, torch_varlen_available
 
     assert torch_varlen_available(), "CUDA torch without torch.nn.attention.varlen: the 7B configs would fall back to sdpa_varlen"
     register("torch_varlen")

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from openchat_core.telemetry import without_telemetry
-from openchat_core.training.launcher import free_port
+from openchat_core.ports import free_port
 
 
 def wait_http(url: str, what: str, timeout_s: float = 120.0, proc: subprocess.Popen | None = None) -> None:

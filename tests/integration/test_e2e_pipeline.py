@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from openchat_core.evaluation.generation import find_serve_python
+from openchat_core.serve_env import find_serve_python
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def e2e_config(tmp_path_factory):
     from openchat_core.data.demo import DemoSizes, generate_demo_data
-    from openchat_core.training.launcher import free_port
+    from openchat_core.ports import free_port
 
     root = tmp_path_factory.mktemp("e2e")
     generate_demo_data(root / "data", sizes=DemoSizes(train=600, eval_per_task=5))

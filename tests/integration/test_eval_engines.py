@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from openchat_core.evaluation.generation import find_serve_python
 from openchat_core.evaluation.runner import run_generation_eval
+from openchat_core.serve_env import find_serve_python
 from tests.unit.eval_models import save_tiny_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

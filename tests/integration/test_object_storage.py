@@ -51,7 +51,7 @@ def test_pipeline_on_s3_publishes_every_epoch_serves_the_champion_and_resumes_fr
     from flows.pipeline import pipeline_flow
     from openchat_core.registry.deployment import ensure_admin_key
     from openchat_core.serving.deploy import admin_status, stop_server
-    from openchat_core.training.launcher import free_port
+    from openchat_core.ports import free_port
     from storage.layout import scratch_root
 
     port = free_port()

@@ -12,9 +12,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, mistral_tokenizer):
-    from openchat_core.training.checkpoint import save_checkpoint
-    from openchat_core.training.model_factory import build_random_model
-    from openchat_core.training.presets import MODEL_PRESETS
+    from openchat_core.models.checkpoint import save_checkpoint
+    from openchat_core.models.model_factory import build_random_model
+    from openchat_core.models.presets import MODEL_PRESETS
 
     root = tmp_path_factory.mktemp("ckpts")
     out = []

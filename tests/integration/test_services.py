@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from openchat_core.telemetry import without_telemetry
-from openchat_core.training.launcher import free_port
+from openchat_core.ports import free_port
 from tests.integration.conftest import write_config
 from tests.integration.servers import stop_group
 

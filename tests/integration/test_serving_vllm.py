@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -26,6 +25,7 @@ import pytest
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
+from openchat_core.ports import free_port  # noqa: E402
 from openchat_core.serving.deploy import DeployError, ServerHandle, deploy_model, repo_root, stop_server  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -47,12 +47,6 @@ def _serve_python() -> Path | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def serve_python() -> Path:
     python = _serve_python()
@@ -66,8 +60,8 @@ def _head16_model():
     from dataclasses import replace
 
     from openchat_core.templates.tokenizers import load_tokenizer
-    from openchat_core.training.model_factory import build_random_model
-    from openchat_core.training.presets import MODEL_PRESETS
+    from openchat_core.models.model_factory import build_random_model
+    from openchat_core.models.presets import MODEL_PRESETS
 
     preset = MODEL_PRESETS["tiny-llama3"]
     preset = replace(preset, architecture={**preset.architecture, "hidden_size": 64, "intermediate_size": 192,
@@ -82,8 +76,8 @@ def _head16_model():
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Two tiny-mistral checkpoints (head_dim 32: vLLM's CPU attention supports it), a corrupted copy, and a
     head_dim-16 one (vLLM starts it, then fails on the first request)."""
-    from openchat_core.training.checkpoint import save_checkpoint
-    from openchat_core.training.model_factory import load_base_model
+    from openchat_core.models.checkpoint import save_checkpoint
+    from openchat_core.models.model_factory import load_base_model
 
     root = tmp_path_factory.mktemp("serving-models")
     out = {}

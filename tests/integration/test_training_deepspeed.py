@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from openchat_core.config import ModelConfig, TrainConfig
-from openchat_core.training.checkpoint import list_epoch_checkpoints
+from openchat_core.models.checkpoint import list_epoch_checkpoints
 from openchat_core.training.launcher import build_command, launch_env, run_training
 from openchat_core.training.trainer_config import TrainerConfig
 

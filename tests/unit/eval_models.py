@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from openchat_core.training.presets import ModelPreset
+from openchat_core.models.presets import ModelPreset
 
 UNTIED_TINY_MISTRAL = ModelPreset(
     name="tiny-mistral-untied", tokenizer="mistral", model_type="openchat_3.5",
@@ -22,8 +22,8 @@ UNTIED_TINY_MISTRAL = ModelPreset(
 
 def save_tiny_checkpoint(out_dir: Path, preset: ModelPreset = UNTIED_TINY_MISTRAL, seed: int = 0) -> Path:
     from openchat_core.templates.tokenizers import load_tokenizer
-    from openchat_core.training.checkpoint import save_checkpoint
-    from openchat_core.training.model_factory import build_random_model
+    from openchat_core.models.checkpoint import save_checkpoint
+    from openchat_core.models.model_factory import build_random_model
 
     tokenizer = load_tokenizer(f"preset:{preset.tokenizer}")
     model = build_random_model(preset, tokenizer, seed=seed, attn_implementation="sdpa")

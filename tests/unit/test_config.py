@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,29 @@ def test_data_globs_must_match(tmp_path):
     assert cfg.data.resolve(["*.jsonl"], tmp_path) == [tmp_path / "a.jsonl"]
     with pytest.raises(ConfigError, match="matches no file"):
         cfg.data.resolve(["missing/*.jsonl"], tmp_path)
+
+
+def test_data_sources_mix_plain_paths_and_mappings():
+    cfg = build_config(MINIMAL, ["data.train=[a.jsonl, {path: b.parquet, format: alpaca, condition: GPT3, max_conversations: 5}]"])
+    plain, alpaca = cfg.data.as_sources(cfg.data.train)
+    assert (plain.path, plain.format, plain.condition, plain.max_conversations) == ("a.jsonl", "auto", None, None)
+    assert (alpaca.format, alpaca.condition, alpaca.max_conversations) == ("alpaca", "GPT3", 5)
+    assert cfg.data.mix.dedup and cfg.data.mix.seed == 0
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.train=[{path: a.jsonl, format: csv}]", r"data.train.0.source.format: Input should be 'auto', 'openchat'"),
+    ("data.train=[{path: a.jsonl, sample_fraction: 0}]", r"1 problem.*sample_fraction: Input should be greater than 0"),
+    ("data.train=[{path: a.jsonl, conditon: X}]", r"conditon: unknown key"),
+    ("data.mix={min_chars: 10, max_chars: 5}", r"max_chars=5 is below min_chars=10"),
+])
+def test_data_source_mistakes_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=re.compile(message, re.S)):
+        build_config(MINIMAL, [override])
+
+
+def test_readme_source_config_example_validates():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = yaml.safe_load(re.search(r"\*\*Sources\.\*\*.*?```yaml\n(.*?)```", readme, re.S).group(1))
+    cfg = build_config({**MINIMAL, **example})
+    assert [s.format for s in cfg.data.as_sources(cfg.data.train)] == ["sharegpt", "alpaca", "auto"] and cfg.data.mix.max_turns == 64

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from openchat_core.evaluation import generation
-from openchat_core.evaluation.generation import Generation, Generator, cut_at_stop, make_generator
+from openchat_core import serve_env
+from openchat_core.evaluation import generation, generators
+from openchat_core.evaluation.generation import Generation, Generator, cut_at_stop
+from openchat_core.evaluation.generators import make_generator
+from openchat_core.models.checkpoint import checkpoint_model_type, context_limit
 from tests.unit.eval_models import save_tiny_checkpoint
 
 
@@ -132,28 +135,28 @@ def test_argument_errors(engine, checkpoint):
 def test_plain_folder_needs_a_model_type(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="model_type="):
-        generation.resolve_model_type(tmp_path)
-    assert generation.resolve_model_type(tmp_path, "openchat_3.6") == "openchat_3.6"
+        checkpoint_model_type(tmp_path)
+    assert checkpoint_model_type(tmp_path, "openchat_3.6").name == "openchat_3.6"
 
 
 def test_context_limit_is_capped_by_position_embeddings(tmp_path, checkpoint):
-    assert generation.context_limit(checkpoint, "openchat_3.5") == 8192
+    assert context_limit(checkpoint, "openchat_3.5") == 8192
     (tmp_path / "config.json").write_text('{"max_position_embeddings": 2048}')
-    assert generation.context_limit(tmp_path, "openchat_3.5") == 2048
+    assert context_limit(tmp_path, "openchat_3.5") == 2048
 
 
 def test_serve_python_lookup(monkeypatch, tmp_path):
     fake = tmp_path / "python"
     fake.write_text("")
-    monkeypatch.setenv(generation.SERVE_PYTHON_ENV, str(fake))
-    assert generation.find_serve_python() == fake
-    monkeypatch.setenv(generation.SERVE_PYTHON_ENV, str(tmp_path / "missing"))
+    monkeypatch.setenv(serve_env.SERVE_PYTHON_ENV, str(fake))
+    assert serve_env.find_serve_python() == fake
+    monkeypatch.setenv(serve_env.SERVE_PYTHON_ENV, str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="OPENCHAT_SERVE_PYTHON"):
-        generation.find_serve_python()
+        serve_env.find_serve_python()
 
 
 def test_auto_falls_back_to_transformers_without_a_serving_env(monkeypatch, checkpoint):
-    monkeypatch.setattr(generation, "find_serve_python", lambda: None)
+    monkeypatch.setattr(generators, "find_serve_python", lambda: None)
     assert make_generator("auto", checkpoint).name == "transformers"
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-MODULES = ["matchers", "math_answer", "task_types", "eval_data", "generation", "hf_generator", "vllm_generator",
+MODULES = ["matchers", "math_answer", "task_types", "eval_data", "generation", "generators", "transformers_generator", "vllm_generator",
            "vllm_worker", "summary", "runner", "view", "grading.math_grader"]
 FORBIDDEN = ["prefect", "mlflow", "vllm", "torch", "transformers", "pyarrow", "pandas"]
 

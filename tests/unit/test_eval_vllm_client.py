@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from openchat_core.evaluation.generation import Generation, package_root
+from openchat_core.evaluation.generation import Generation
 from openchat_core.evaluation.vllm_generator import VLLMGenerator, VLLMWorkerError
+from openchat_core.serve_env import repo_root
 from tests.unit.eval_models import save_tiny_checkpoint
 
 FAKE_WORKER = r'''
@@ -72,7 +73,7 @@ def test_requests_responses_and_stop_handling(checkpoint, fake_python, tmp_path)
     argv = record["argv"]
     assert argv[argv.index("--stop-token-ids") + 1] == "32000"
     assert argv[argv.index("--max-tokens") + 1] == "5" and argv[argv.index("--dtype") + 1] == "float32"
-    assert record["pythonpath"].split(":")[0] == str(package_root())  # this checkout's code runs in the worker
+    assert record["pythonpath"].split(":")[0] == str(repo_root())  # this checkout's code runs in the worker
     assert record["kv"] == "1"
     assert engine.describe()["vllm"] == "fake" and engine.last_run["wall_s"] >= 0
 

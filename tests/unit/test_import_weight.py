@@ -13,7 +13,7 @@ ROOT = Path(__file__).parents[2]
 HEAVY = ["torch", "transformers", "deepspeed", "vllm", "prefect", "mlflow"]
 LIGHT_MODULES = ["openchat_core.schema", "openchat_core.config", "openchat_core.data.validate", "openchat_core.data.weights",
                  "openchat_core.data.demo", "openchat_core.templates.model_types", "openchat_core.templates.conversation",
-                 "openchat_core.training.presets", "openchat_core.training.sampler", "openchat_core.registry.selection",
+                 "openchat_core.models.presets", "openchat_core.training.sampler", "openchat_core.registry.selection",
                  "openchat_core.serving.protocol", "openchat_core.serving.app", "openchat_core.cli"]
 
 

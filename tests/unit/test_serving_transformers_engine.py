@@ -27,9 +27,9 @@ def checkpoint(tmp_path_factory) -> Path:
     from dataclasses import replace
 
     from openchat_core.templates.tokenizers import load_tokenizer
-    from openchat_core.training.checkpoint import save_checkpoint
-    from openchat_core.training.model_factory import build_random_model
-    from openchat_core.training.presets import MODEL_PRESETS
+    from openchat_core.models.checkpoint import save_checkpoint
+    from openchat_core.models.model_factory import build_random_model
+    from openchat_core.models.presets import MODEL_PRESETS
 
     preset = MODEL_PRESETS["tiny-mistral"]
     preset = replace(preset, architecture={**preset.architecture, "initializer_range": 0.4})

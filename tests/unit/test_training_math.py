@@ -18,8 +18,8 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def tiny_model(mistral_tokenizer):
-    from openchat_core.training.model_factory import build_random_model
-    from openchat_core.training.presets import MODEL_PRESETS
+    from openchat_core.models.model_factory import build_random_model
+    from openchat_core.models.presets import MODEL_PRESETS
 
     model = build_random_model(MODEL_PRESETS["tiny-mistral"], mistral_tokenizer, seed=0, attn_implementation="sdpa")
     return model.double()  # float64 so equality checks are about semantics, not rounding
@@ -77,8 +77,8 @@ def _rank_worker(rank, world, port, out_path, seqs, global_num_seqs):
     import torch.distributed as dist
 
     from openchat_core.templates.tokenizers import load_tokenizer
-    from openchat_core.training.model_factory import build_random_model
-    from openchat_core.training.presets import MODEL_PRESETS
+    from openchat_core.models.model_factory import build_random_model
+    from openchat_core.models.presets import MODEL_PRESETS
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -166,9 +166,9 @@ def test_root_cause_and_retryability_of_training_failures():
 
 
 def test_sdpa_varlen_equals_per_sequence_sdpa_in_logits_and_gradients(mistral_tokenizer, tiny_model):
-    from openchat_core.training.model_factory import build_random_model
-    from openchat_core.training.presets import MODEL_PRESETS
-    from openchat_core.training.varlen_attention import register
+    from openchat_core.models.model_factory import build_random_model
+    from openchat_core.models.presets import MODEL_PRESETS
+    from openchat_core.models.varlen_attention import register
 
     register()
     varlen = build_random_model(MODEL_PRESETS["tiny-mistral"], mistral_tokenizer, seed=0, attn_implementation="sdpa_varlen").double()
@@ -187,9 +187,9 @@ def test_sdpa_varlen_equals_per_sequence_sdpa_in_logits_and_gradients(mistral_to
 
 
 def test_sdpa_varlen_refuses_padded_batches(mistral_tokenizer):
-    from openchat_core.training.model_factory import build_random_model
-    from openchat_core.training.presets import MODEL_PRESETS
-    from openchat_core.training.varlen_attention import register
+    from openchat_core.models.model_factory import build_random_model
+    from openchat_core.models.presets import MODEL_PRESETS
+    from openchat_core.models.varlen_attention import register
 
     register()
     model = build_random_model(MODEL_PRESETS["tiny-mistral"], mistral_tokenizer, seed=0, attn_implementation="sdpa_varlen")
@@ -202,8 +202,8 @@ def test_add_special_tokens_initialises_new_embeddings_to_the_mean(tmp_path):
 
     from openchat_core.cli import build_app
     from openchat_core.templates.tokenizers import load_tokenizer
-    from openchat_core.training.model_factory import add_special_tokens, build_random_model
-    from openchat_core.training.presets import MODEL_PRESETS
+    from openchat_core.models.model_factory import add_special_tokens, build_random_model
+    from openchat_core.models.presets import MODEL_PRESETS
 
     tok = load_tokenizer("preset:llama3")  # has no <|end_of_turn|>
     model = build_random_model(MODEL_PRESETS["tiny-llama3"], tok, seed=0, attn_implementation="sdpa")
@@ -224,8 +224,8 @@ def test_add_special_tokens_initialises_new_embeddings_to_the_mean(tmp_path):
 
 
 def test_packed_attention_choice_without_flash_attn_uses_torch_varlen_on_cuda():
-    from openchat_core.training.model_factory import choose_packed_attention, default_attn_implementation
-    from openchat_core.training.varlen_attention import torch_varlen_available
+    from openchat_core.models.model_factory import choose_packed_attention, default_attn_implementation
+    from openchat_core.models.varlen_attention import torch_varlen_available
 
     assert choose_packed_attention(cuda=True, flash_attn=True, torch_varlen=True)[0] == "flash_attention_2"
     assert choose_packed_attention(cuda=True, flash_attn=False, torch_varlen=True)[0] == "torch_varlen"
@@ -237,7 +237,7 @@ def test_packed_attention_choice_without_flash_attn_uses_torch_varlen_on_cuda():
 
 
 def test_cu_seqlens_split_a_packed_row_at_position_restarts():
-    from openchat_core.training.varlen_attention import cu_seqlens
+    from openchat_core.models.varlen_attention import cu_seqlens
 
     positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
     bounds, longest = cu_seqlens(positions, 9)

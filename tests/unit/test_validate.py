@@ -166,7 +166,7 @@ def test_accounting_invariant_over_many_files(tmp_path):
     written = json.loads((tmp_path / "out" / "report.json").read_text())
     assert written["lines"] == written["valid"] + written["rejected"] + written["blank"] == 8
     assert written["by_code"] == {"invalid_json": 1, "not_an_object": 1}
-    assert written["sources"][str(a)] == {"lines": 4, "valid": 2, "rejected": 1, "blank": 1}
+    assert written["sources"][str(a)] == {"lines": 4, "valid": 2, "rejected": 1, "blank": 1, "format": "openchat", "detected": False}
     assert report.valid == 3
 
 

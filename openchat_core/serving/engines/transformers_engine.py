@@ -202,7 +202,7 @@ class TransformersEngine:
         from tokenizers import Tokenizer
         from transformers import AutoModelForCausalLM
 
-        from openchat_core.training.model_factory import resolve_dtype
+        from openchat_core.models.model_factory import resolve_dtype
 
         model_dir = self.config.model_dir
         self._model = AutoModelForCausalLM.from_pretrained(

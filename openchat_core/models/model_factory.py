@@ -7,13 +7,12 @@ with a message saying how to point at a local copy instead.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from openchat_core.atomic import publish_folder
+from openchat_core.models.presets import MODEL_PRESETS, ModelPreset
 from openchat_core.templates.tokenizers import PRESET_PREFIX, cache_root, is_preset, load_tokenizer, smollm2_gguf_path
-from openchat_core.training.presets import MODEL_PRESETS, ModelPreset
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +41,7 @@ def default_attn_implementation(training: bool = True) -> str:
     import torch
     from transformers.utils import is_flash_attn_2_available
 
-    from openchat_core.training.varlen_attention import torch_varlen_available
+    from openchat_core.models.varlen_attention import torch_varlen_available
 
     if not training:
         return "sdpa"
@@ -53,7 +52,7 @@ def default_attn_implementation(training: bool = True) -> str:
 
 def _prepare_attention(name: str) -> str:
     if name in ("sdpa_varlen", "torch_varlen"):
-        from openchat_core.training.varlen_attention import register
+        from openchat_core.models.varlen_attention import register
 
         register(name)
     return name
@@ -114,17 +113,9 @@ def smollm2_model_dir() -> Path:
     plain.load_state_dict(loaded.state_dict())
     tokenizer = load_tokenizer("preset:smollm2")
     plain.generation_config.eos_token_id = tokenizer.eos_token_id
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
-    try:
+    with publish_folder(target, shared_cache=True) as staging:
         plain.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
-        try:
-            staging.rename(target)
-        except OSError:
-            pass
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 
+from openchat_cli.prefect_env import prepare_prefect_home
 from openchat_core.config import load_config
 from openchat_core.markdown import markdown_table
 
@@ -41,7 +42,6 @@ def ask(deployment: dict, question: str, api_key: str | None) -> str:
 
 
 def run_demo(config: str, overrides: list[str], question: str) -> None:
-    from flows.cli import prepare_prefect_home
     from flows.pipeline import pipeline_flow
 
     started = time.time()

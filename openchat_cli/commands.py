@@ -10,16 +10,14 @@ under the storage root (`<root>/prefect`), so `openchat up` later shows the same
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from openchat_core.cli.output import fail, table
-
-if TYPE_CHECKING:
-    from openchat_core.config import PipelineConfig
+from openchat_cli.prefect_env import prepare_prefect_home
+from openchat_core.cli.output import fail
+from openchat_core.markdown import markdown_table
 
 STAGES = ("pipeline", "data", "train", "evaluate")
 
@@ -29,17 +27,6 @@ def register(app: typer.Typer) -> None:
     app.command("data")(data)
     app.command("demo")(demo)
     app.command("up")(up)
-
-
-def prepare_prefect_home(cfg: PipelineConfig) -> None:
-    """Embedded Prefect by default, its SQLite database under a local storage root; a real server if PREFECT_API_URL is set."""
-    from flows.data import layout_for
-
-    layout = layout_for(cfg)
-    if "PREFECT_API_URL" not in os.environ and not layout.remote:
-        home = Path(layout.root) / "prefect"
-        home.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("PREFECT_HOME", str(home))
 
 
 def _load(config: str, overrides: list[str] | None):
@@ -73,7 +60,7 @@ def run(
         from flows.train import train_flow
 
         out = train_flow(config, overrides or [])
-        typer.echo(table([{"epoch": c.epoch, **{k: round(v, 4) for k, v in c.metrics.items()}, "checkpoint": c.path} for c in out.checkpoints]))
+        typer.echo(markdown_table([{"epoch": c.epoch, **{k: round(v, 4) for k, v in c.metrics.items()}, "checkpoint": c.path} for c in out.checkpoints]))
         return
     if only == "evaluate":
         from flows.evaluate import evaluate_and_promote_flow
@@ -91,7 +78,7 @@ def data(
     config: Annotated[str, typer.Argument(help="pipeline config YAML, e.g. configs/demo.yaml")] = "configs/demo.yaml",
     overrides: Annotated[list[str] | None, typer.Argument(help="section.key=value overrides, e.g. tokenize.workers=2")] = None,
 ) -> None:
-    """Run the data stage flow (validate -> assign weights -> pretokenize) for the config's train and eval data."""
+    """Run the data stage flow (validate -> mix -> assign weights -> pretokenize) for the config's train and eval data."""
     cfg = _load(config, overrides)
     prepare_prefect_home(cfg)
     from flows.data import data_flow
@@ -101,9 +88,9 @@ def data(
     for split_name, split in (("train", out.train), ("eval", out.eval)):
         if split is None:
             continue
-        for stage in (split.validated, split.weighted, split.tokens):
+        for stage in (split.validated, split.mixed, split.weighted, split.tokens):
             rows.append({"split": split_name, "stage": stage.stage, "cached": stage.cached, "output": stage.path})
-    typer.echo(table(rows))
+    typer.echo(markdown_table(rows))
 
 
 def demo(
@@ -112,7 +99,7 @@ def demo(
     question: Annotated[str, typer.Option(help="what to ask the served model")] = "Count the items: q w e r",
 ) -> None:
     """The demo: generate the bundled mixed-quality data, run the whole pipeline on CPU, ask the served model a question."""
-    from flows.demo import run_demo
+    from openchat_cli.demo import run_demo
 
     run_demo(config, overrides or [], question)
 
@@ -124,6 +111,6 @@ def up(
     deploy: Annotated[bool, typer.Option("--deploy/--no-deploy", help="register prefect.yaml's deployments and start a worker")] = True,
 ) -> None:
     """Start a Prefect server (+ process worker and deployments) and an MLflow server on loopback, until Ctrl-C."""
-    from flows.services import run_services
+    from openchat_cli.services import run_services
 
     run_services(Path(storage_root), prefect_port, mlflow_port, deploy)

@@ -12,12 +12,12 @@ suffix and with `openchat.json` is, by construction, a complete checkpoint.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openchat_core.templates.model_types import get_model_type
+from openchat_core.atomic import publish_folder
+from openchat_core.templates.model_types import ModelType, get_model_type
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -39,25 +39,20 @@ def save_checkpoint(out_dir: Path | str, model: PreTrainedModel, tokenizer: PreT
     """Write a complete, self-describing checkpoint folder atomically; returns its path."""
     from transformers import GenerationConfig
 
-    from openchat_core.training.model_factory import generation_eos_ids
+    from openchat_core.models.model_factory import generation_eos_ids
 
     mt = get_model_type(model_type)
     out = Path(out_dir)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    model.save_pretrained(str(partial), state_dict=state_dict, safe_serialization=True)
-    tokenizer.chat_template = mt.hf_chat_template
-    tokenizer.save_pretrained(str(partial))
-    eos_ids = generation_eos_ids(tokenizer, mt.eot)
-    GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids,
-                     pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[-1],
-                     do_sample=False).save_pretrained(str(partial))
-    meta = {"model_type": mt.name, **(metadata or {})}
-    (partial / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    with publish_folder(out) as partial:
+        model.save_pretrained(str(partial), state_dict=state_dict, safe_serialization=True)
+        tokenizer.chat_template = mt.hf_chat_template
+        tokenizer.save_pretrained(str(partial))
+        eos_ids = generation_eos_ids(tokenizer, mt.eot)
+        GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids,
+                         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[-1],
+                         do_sample=False).save_pretrained(str(partial))
+        meta = {"model_type": mt.name, **(metadata or {})}
+        (partial / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return out
 
 
@@ -72,6 +67,30 @@ def read_checkpoint(path: Path | str) -> CheckpointInfo:
         raise FileNotFoundError(f"{p} is not a complete checkpoint (no {METADATA_FILE}/config.json, or still .partial)")
     meta = json.loads((p / METADATA_FILE).read_text())
     return CheckpointInfo(path=p, model_type=meta["model_type"], epoch=meta.get("epoch"), metadata=meta)
+
+
+def checkpoint_model_type(model_dir: Path | str, model_type: str | None = None) -> ModelType:
+    """A checkpoint's model type (prompt format, EOT): the one given, else the one its `openchat.json` records.
+
+    The one place that answers this for evaluation, serving and the registry. Raises FileNotFoundError
+    for a plain Hugging Face folder without `openchat.json` (pass `model_type`) and KeyError, listing
+    the valid names, for an unknown type.
+    """
+    name = model_type
+    if not name:
+        meta_file = Path(model_dir) / METADATA_FILE
+        try:
+            meta = json.loads(meta_file.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{model_dir} has no {METADATA_FILE}, so its model type (prompt format, EOT) is unknown; "
+                                    f"pass model_type=... (e.g. 'openchat_3.5'; --model-type on the CLI) for a plain "
+                                    f"Hugging Face folder") from None
+        except ValueError as e:
+            raise ValueError(f"{meta_file} is not valid JSON ({e}); rewrite the checkpoint or pass model_type=...") from None
+        name = meta.get("model_type") if isinstance(meta, dict) else None
+        if not name:
+            raise FileNotFoundError(f"{meta_file} records no model_type; pass model_type=... (e.g. 'openchat_3.5')")
+    return get_model_type(str(name))
 
 
 def context_limit(model_dir: Path | str, model_type: str) -> int:

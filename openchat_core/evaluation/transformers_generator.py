@@ -17,9 +17,9 @@ from openchat_core.evaluation.generation import (
     check_generate_args,
     cut_at_stop,
     decode_generation,
-    resolve_model_type,
     stop_token_ids_for,
 )
+from openchat_core.models.checkpoint import checkpoint_model_type
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -50,11 +50,11 @@ class TransformersGenerator:
                         model_type: str | None = None, dtype: str = "float32", batch_size: int = 8,
                         attn_implementation: str | None = None) -> TransformersGenerator:
         """Load a checkpoint folder; stop ids default to its model type's EOT."""
-        from openchat_core.training.model_factory import load_base_model
+        from openchat_core.models.model_factory import load_base_model
 
         model, tokenizer = load_base_model(str(model_dir), dtype=dtype, attn_implementation=attn_implementation)
         if not stop_token_ids:
-            stop_token_ids = stop_token_ids_for(tokenizer, resolve_model_type(model_dir, model_type))
+            stop_token_ids = stop_token_ids_for(tokenizer, checkpoint_model_type(model_dir, model_type).name)
         return cls(model, tokenizer, list(stop_token_ids), batch_size=batch_size, model_path=str(model_dir))
 
     def describe(self) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from openchat_core.templates.tokenizers import PRESET_PREFIX, is_preset
+
 
 @dataclass(frozen=True)
 class ModelPreset:
@@ -50,3 +52,13 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
         ),
     )
 }
+
+
+def tokenizer_source(path_or_preset: str) -> str:
+    """Where a model's tokenizer comes from: `preset:<model preset>` names its tokenizer preset, anything else is itself.
+
+    Model presets map to tokenizer presets here, not in `templates.tokenizers`, so templates never
+    import models (models build on templates).
+    """
+    name = path_or_preset[len(PRESET_PREFIX):] if is_preset(path_or_preset) else None
+    return PRESET_PREFIX + MODEL_PRESETS[name].tokenizer if name in MODEL_PRESETS else path_or_preset
