@@ -110,7 +110,7 @@ def test_openchat_up_runs_the_on_demand_deployment_then_the_nightly_does_nothing
             print(f"nightly run with unchanged data: {time.monotonic() - started:.0f} s")
             assert nightly.state.is_completed(), f"{nightly.state}: {_flow_run_logs(nightly.id)[-3000:]}"
             assert "nothing to do" in _flow_run_logs(nightly.id, expect="nothing to do")
-            assert _task_names(nightly.id) <= {"validate", "assign-weights", "pretokenize"}  # cached data stages only: no training
+            assert _task_names(nightly.id) <= {"validate", "mix", "assign-weights", "pretokenize"}  # cached data stages only
             assert "train" in _task_names(run.id)
         assert len(client.search_runs([exp.experiment_id])) == len(runs) and [v.version for v in registry.versions()] == ["1"]
     finally:
