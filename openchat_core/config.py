@@ -19,6 +19,8 @@ from openchat_core.data.mix import MixPolicy
 from openchat_core.data.rules import DEFAULT_MAX_LINE_BYTES
 from openchat_core.data.sources import DataSource
 from openchat_core.data.weights import WeightPolicy
+from openchat_core.evaluation.coding.sandbox import SandboxLimits
+from openchat_core.evaluation.coding.scoring import CodingOptions
 from openchat_core.serving.settings import DEFAULT_PORT
 from openchat_core.templates.model_types import canonical_model_type_name
 
@@ -139,9 +141,23 @@ class EvalConfig(Section):
     engine: Literal["auto", "vllm", "transformers"] = "auto"
     max_new_tokens: int = Field(512, ge=1, description="answer length cap per question (OpenChat's eval uses 512)")
     limit_per_task: int | None = Field(None, ge=1, description="evaluate only the first N questions of each task (quick runs)")
-    primary_metric: str = Field("eval/loss", description="metric that picks the best epoch, e.g. eval/loss or gen/accuracy")
+    harness: list[str] = Field(default_factory=list, description="lm-eval tasks run against each candidate served on a "
+                               "temporary loopback port (names from harness_include or installed tasks that need no "
+                               "download); scores are harness/<task>/<metric>; empty = off")
+    harness_include: str | None = Field(None, description="folder of local lm-eval task YAML files for eval.harness")
+    harness_model: Literal["local-completions", "local-chat-completions"] = Field(
+        "local-completions", description="lm-eval model: completions (log-likelihood and generation tasks) or chat "
+                                         "completions (generation tasks only, through the OpenChat template)")
+    harness_limit: int | None = Field(None, ge=1, description="lm-eval --limit: the first N documents of each task")
+    primary_metric: str = Field("eval/loss", description="metric that picks the best epoch, e.g. eval/loss, gen/accuracy "
+                                                         "gen/coding/humaneval/pass1_plus or harness/<task>/acc")
     direction: Literal["minimize", "maximize"] = "minimize"
     tie_break: Literal["later_epoch", "lower_loss"] = "later_epoch"
+    humaneval_plus: str | None = Field(None, description="coding eval: local HumanEvalPlus .jsonl(.gz) replacing the problems "
+                                                         "in the coding rows (never downloaded)")
+    code_timeout_s: float = Field(SandboxLimits.timeout_s, gt=0, description="coding eval: wall-clock limit per problem")
+    code_memory_mb: int = Field(SandboxLimits.memory_mb, ge=256, description="coding eval: address-space limit per problem")
+    code_workers: int = Field(CodingOptions.workers, ge=1, description="coding eval: problems run in parallel sandboxes")
 
 
 class RegistryConfig(Section):
@@ -195,6 +211,14 @@ class PipelineConfig(Section):
     def path(self, value: str) -> Path:
         p = Path(value).expanduser()
         return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def coding_options(self) -> CodingOptions:
+        """How coding answers are executed (eval.humaneval_plus, eval.code_*)."""
+        from openchat_core.evaluation.coding.scoring import coding_options
+
+        e = self.eval
+        return coding_options(self.path(e.humaneval_plus) if e.humaneval_plus else None, e.code_timeout_s, e.code_memory_mb,
+                              e.code_workers)
 
 
 class _Replace:

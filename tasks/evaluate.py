@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from openchat_core.config import PipelineConfig
 from openchat_core.digest import file_digest, git_revision, text_digest
 from openchat_core.evaluation.checkpoint_eval import evaluate_checkpoint
+from openchat_core.evaluation.harness import HARNESS_PREFIX
 from openchat_core.markdown import markdown_table
 from openchat_core.registry.promotion import promote_candidate
 from openchat_core.registry.selection import EpochScore, select_best
@@ -47,6 +48,7 @@ class Registration(BaseModel):
     metric: str
     value: float
     reason: str
+    harness: dict[str, float] = {}  # the candidate's lm-eval scores (eval.harness), shown in the decision
 
 
 @task(name="evaluate-epoch", cache_policy=NONE, task_run_name="evaluate-epoch-{checkpoint.epoch}")
@@ -71,7 +73,8 @@ def evaluate_epoch_task(layout: StorageLayout, checkpoint: EpochCheckpoint, cfg:
         from openchat_core.tracking import MlflowTracker
 
         tracker = MlflowTracker(tracking.uri, run_id=train_run_id)
-        tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("gen/")}, step=checkpoint.epoch)
+        tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith(("gen/", f"{HARNESS_PREFIX}/"))},
+                            step=checkpoint.epoch)
         tracker.flush()
         if (final / "summary.json").is_file():
             tracker.log_artifact(str(final / "summary.json"), f"eval/ep_{checkpoint.epoch}")
@@ -118,7 +121,8 @@ def register_best_task(cfg: PipelineConfig, evals: list[EpochEval], key: str, tr
         version = registry.register(local_checkpoint, train_run_id, {**tags, WEIGHTS_TAG: weights_digest})
         logger.info("registered %s v%s: %s", registry.name, version.version, selection.reason)
     return Registration(version=version.version, epoch=best.epoch, checkpoint=best.checkpoint, metric=cfg.eval.primary_metric,
-                        value=selection.value, reason=selection.reason)
+                        value=selection.value, reason=selection.reason,
+                        harness={k: v for k, v in best.metrics.items() if k.startswith(f"{HARNESS_PREFIX}/")})
 
 
 @task(name="promote", cache_policy=NONE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io_errors)
@@ -139,7 +143,12 @@ def promote_task(cfg: PipelineConfig, registration: Registration, key: str, trac
     row = {"candidate": f"v{decision.candidate}", "champion before": f"v{decision.champion_before}" if decision.champion_before else "-",
            "metric": decision.metric, "candidate value": decision.candidate_value, "champion value": decision.champion_value,
            "margin": decision.margin, "outcome": decision.action, "champion now": f"v{decision.champion_after}"}
+    harness = ""
+    if registration.harness:
+        rows = [{"lm-eval metric": k.removeprefix(f"{HARNESS_PREFIX}/"), "candidate": round(v, 4)}
+                for k, v in sorted(registration.harness.items())]
+        harness = f"\n\n### lm-eval scores of the candidate\n\n{markdown_table(rows)}"
     publish_markdown("promotion-decision", f"## Promotion decision: **{decision.action}**\n\n{markdown_table([row])}\n\n{decision.reason}"
-                     + ("\n\n(The champion was re-evaluated on this evaluation.)" if decision.champion_reevaluated else ""),
-                     description=f"{registry.name}: candidate vs champion")
-    return decision.to_dict()
+                     + ("\n\n(The champion was re-evaluated on this evaluation.)" if decision.champion_reevaluated else "")
+                     + harness, description=f"{registry.name}: candidate vs champion")
+    return {**decision.to_dict(), "harness": registration.harness}
