@@ -11,7 +11,6 @@ from tasks.outputs import layout_for
 
 def prepare_prefect_home(cfg: PipelineConfig) -> None:
     """Embedded Prefect by default, its SQLite database under a local storage root; a real server if PREFECT_API_URL is set."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Prefect waits 20 s for its embedded server; a busy machine (e.g. 2 cores shared by several jobs) needs longer.
     # Prefect reads its settings once, when first imported: this runs before any flow module is imported.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

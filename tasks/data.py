@@ -164,7 +164,7 @@ def pretokenize_task(layout: StorageLayout, weighted: StageOutput, model_type: s
 
 
 @task(name="track-data", cache_policy=NONE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io_errors)
-def track_data_task(tracking: TrackingContext, data: DataOutputs, cfg: PipelineConfig) -> str:
+def track_data_task(tracking: TrackingContext, data: DataOutputs, cfg: PipelineConfig, layout: StorageLayout) -> str:
     """The data stage's MLflow run: settings, counts, reports, a quarantine sample, and dataset lineage with digests."""
     from openchat_core.tracking import MlflowTracker
 
@@ -182,14 +182,14 @@ def track_data_task(tracking: TrackingContext, data: DataOutputs, cfg: PipelineC
                         f"{name}/sampled_out": m["sampled_out"], f"{name}/mixed": m["kept"],
                         f"{name}/rows": t["rows"], f"{name}/tokens": t["tokens"], f"{name}/supervised_tokens": t["supervised_tokens"]})
         for stage in (split.validated, split.mixed, split.weighted, split.tokens):
-            folder = Path(stage.path)
+            folder = layout.local_copy(stage.path)
             for report in ("report.json", "mix_report.json", "weights_report.json"):
                 if (folder / report).is_file():
                     tracker.log_artifact(str(folder / report), f"{name}/{stage.stage}")
-        quarantine = Path(split.validated.path) / "quarantine.jsonl"
+        quarantine = layout.local_copy(split.validated.path) / "quarantine.jsonl"
         with open(quarantine, encoding="utf-8") as lines:  # the quarantine can be large: read only the sample
             sample = [line.rstrip("\n") for line in itertools.islice(lines, 50)]
-        sample_file = Path(split.validated.path) / "quarantine_sample.jsonl"
+        sample_file = quarantine.with_name("quarantine_sample.jsonl")
         if sample and not sample_file.exists():
             sample_file.write_text("\n".join(sample) + "\n", encoding="utf-8")
         if sample:
@@ -202,7 +202,8 @@ def track_data_task(tracking: TrackingContext, data: DataOutputs, cfg: PipelineC
         if table:
             tracker.log_table({column: [row[column] for row in table] for column in table[0]}, f"{name}/mix/mix_table.json")
         for stage, context in ((split.validated, "validated"), (split.mixed, "mixed"), (split.tokens, "pretokenized")):
-            target = Path(stage.path) / ("tokens.parquet" if stage.stage == "pretokenize" else "conversations.parquet")
+            name_in_stage = "tokens.parquet" if stage.stage == "pretokenize" else "conversations.parquet"
+            target = f"{stage.path}/{name_in_stage}" if layout.remote else Path(stage.path) / name_in_stage  # lineage: where it lives
             tracker.log_dataset(target, f"{name}-{context}", stage.key, context=name, tags={"openchat.stage": stage.stage})
     tracker.close()
     return run_id

@@ -25,7 +25,7 @@ from openchat_core.registry.promotion import promote_candidate
 from openchat_core.registry.selection import EpochScore, select_best
 from openchat_core.registry.store import ModelRegistry
 from storage import StorageLayout
-from tasks.common import publish_markdown, publish_table
+from tasks.common import publish_markdown, publish_table, retry_on_io_errors
 from tasks.tracking import TrackingContext
 from tasks.train import EpochCheckpoint
 
@@ -56,15 +56,18 @@ def evaluate_epoch_task(layout: StorageLayout, checkpoint: EpochCheckpoint, cfg:
                         tracking: TrackingContext | None = None, train_run_id: str | None = None, recorded_heldout: bool = True) -> EpochEval:
     """Evaluate one epoch's checkpoint; its metrics go to the training run at step = epoch."""
     logger = get_run_logger()
-    stage_key = text_digest("evaluate", EVALUATE_VERSION, file_digest(Path(checkpoint.path) / "model.safetensors"), key)
-    final = Path(layout.stage_dir("evaluate", stage_key))
-    if layout.is_complete(str(final)):
-        metrics = json.loads((final / "metrics.json").read_text())
-        logger.info("epoch %s: reusing evaluation %s", checkpoint.epoch, final)
-    else:
+    local_checkpoint = layout.local_copy(checkpoint.path)  # read from the storage root (another worker may have trained it)
+    stage_key = text_digest("evaluate", EVALUATE_VERSION, file_digest(local_checkpoint / "model.safetensors"), key)
+    final_url = layout.stage_dir("evaluate", stage_key)
+    if not layout.is_complete(final_url):
         with layout.building("evaluate", stage_key) as out:
-            metrics = evaluate_checkpoint(checkpoint.path, cfg, out, heldout_file, checkpoint.metrics if recorded_heldout else None)
+            metrics = evaluate_checkpoint(str(local_checkpoint), cfg, out, layout.local_file(heldout_file) if heldout_file else None,
+                                          checkpoint.metrics if recorded_heldout else None)
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    else:
+        logger.info("epoch %s: reusing evaluation %s", checkpoint.epoch, final_url)
+    final = layout.local_copy(final_url)
+    metrics = json.loads((final / "metrics.json").read_text())
     logger.info("epoch %s: %s", checkpoint.epoch, ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
     if tracking is not None and train_run_id:
         from openchat_core.tracking import MlflowTracker
@@ -91,9 +94,11 @@ def publish_epoch_table(evals: list[EpochEval], primary: str) -> None:
     publish_table("epoch-metrics", [{c: r.get(c) for c in columns} for r in rows], description=f"Per-epoch metrics (primary: {primary})")
 
 
-@task(name="register-best", cache_policy=NONE)
+# registry reads that fail transiently (RegistryUnavailable is a ConnectionError) are retried; both tasks are idempotent
+# (the same weights are found by their digest; a candidate already champion is "unchanged")
+@task(name="register-best", cache_policy=NONE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io_errors)
 def register_best_task(cfg: PipelineConfig, evals: list[EpochEval], key: str, tracking: TrackingContext, model_type: str,
-                       data_digest: str, train_run_id: str | None, pipeline_run_id: str | None) -> Registration:
+                       data_digest: str, train_run_id: str | None, pipeline_run_id: str | None, layout: StorageLayout) -> Registration:
     """Pick the best epoch by the primary metric and register it as a new model version with its tags."""
     from openchat_core.registry.promotion import metric_tags
     from tasks.tracking import prefect_tags
@@ -107,19 +112,20 @@ def register_best_task(cfg: PipelineConfig, evals: list[EpochEval], key: str, tr
             "openchat.model_type": model_type, "openchat.git_revision": git_revision(), "openchat.selection": selection.reason,
             "openchat.pipeline_run_id": pipeline_run_id or "-", "openchat.train_run_id": train_run_id or "-",
             **prefect_tags(), **metric_tags(best.metrics, key)}
-    weights_digest = file_digest(Path(best.checkpoint) / "model.safetensors")
+    local_checkpoint = layout.local_copy(best.checkpoint)  # the published epoch, from the storage root
+    weights_digest = file_digest(local_checkpoint / "model.safetensors")
     version = registry.find_by_tag(WEIGHTS_TAG, weights_digest)
     if version is not None:  # an unchanged re-run: the same weights are already registered
         logger.info("these weights are already %s v%s; not registering them again", registry.name, version.version)
     else:
-        version = registry.register(best.checkpoint, train_run_id, {**tags, WEIGHTS_TAG: weights_digest})
+        version = registry.register(local_checkpoint, train_run_id, {**tags, WEIGHTS_TAG: weights_digest})
         logger.info("registered %s v%s: %s", registry.name, version.version, selection.reason)
     return Registration(version=version.version, epoch=best.epoch, checkpoint=best.checkpoint, metric=cfg.eval.primary_metric,
                         value=selection.value, reason=selection.reason,
                         harness={k: v for k, v in best.metrics.items() if k.startswith(f"{HARNESS_PREFIX}/")})
 
 
-@task(name="promote", cache_policy=NONE)
+@task(name="promote", cache_policy=NONE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io_errors)
 def promote_task(cfg: PipelineConfig, registration: Registration, key: str, tracking: TrackingContext, heldout_file: str | None,
                  layout: StorageLayout) -> dict[str, Any]:
     """Compare the new version with the champion (re-evaluating the champion if needed) and move the aliases."""
@@ -128,8 +134,8 @@ def promote_task(cfg: PipelineConfig, registration: Registration, key: str, trac
 
     def evaluate_champion(path: Path) -> dict[str, float]:
         logger.info("champion's recorded result is not comparable: evaluating it on this evaluation (%s)", path)
-        out = Path(layout.run_dir("champion-reeval")) / text_digest(str(path), key)
-        return evaluate_checkpoint(str(path), cfg, out, heldout_file)
+        out = layout.work_dir("champion-reeval", text_digest(str(path), key))
+        return evaluate_checkpoint(str(path), cfg, out, layout.local_file(heldout_file) if heldout_file else None)
 
     decision = promote_candidate(registry, registry.version(registration.version), cfg.eval.primary_metric, cfg.eval.direction,
                                  cfg.registry.promotion_margin, key, evaluate_champion)

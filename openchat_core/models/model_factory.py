@@ -23,22 +23,40 @@ if TYPE_CHECKING:
 SMOLLM2_CACHE_VERSION = "2"  # v1 kept the GGUF `quantization_config`: models loaded from it could not be saved
 
 
+def choose_packed_attention(cuda: bool, flash_attn: bool, torch_varlen: bool) -> tuple[str, str]:
+    """(attention, why) for packed rows: flash-attn's varlen kernels when installed on CUDA; else torch's built-in
+    varlen attention on CUDA (no extra package); else `sdpa_varlen` (sdpa per packed sequence; flex_attention has no
+    CPU backward)."""
+    if cuda and flash_attn:
+        return "flash_attention_2", "CUDA with flash-attn installed"
+    if cuda and torch_varlen:
+        return "torch_varlen", "CUDA without flash-attn: torch.nn.attention.varlen (built into torch)"
+    if cuda:
+        return "sdpa_varlen", "CUDA without flash-attn or torch varlen attention: sdpa per packed sequence"
+    return "sdpa_varlen", "no CUDA: sdpa per packed sequence"
+
+
 def default_attn_implementation(training: bool = True) -> str:
-    """The attention for packed training: flash_attention_2 on CUDA when installed (varlen kernels); elsewhere our
-    `sdpa_varlen` (sdpa per packed sequence; flex_attention has no CPU backward). Plain sdpa when not training."""
+    """The attention for packed training (see `choose_packed_attention`, logged once chosen); plain sdpa when not training."""
+    import logging
+
     import torch
     from transformers.utils import is_flash_attn_2_available
 
-    if torch.cuda.is_available() and is_flash_attn_2_available():
-        return "flash_attention_2"
-    return "sdpa_varlen" if training else "sdpa"
+    from openchat_core.models.varlen_attention import torch_varlen_available
+
+    if not training:
+        return "sdpa"
+    name, why = choose_packed_attention(torch.cuda.is_available(), is_flash_attn_2_available(), torch_varlen_available())
+    logging.getLogger(__name__).info("packed attention: %s (%s)", name, why)
+    return name
 
 
 def _prepare_attention(name: str) -> str:
-    if name == "sdpa_varlen":
+    if name in ("sdpa_varlen", "torch_varlen"):
         from openchat_core.models.varlen_attention import register
 
-        register()
+        register(name)
     return name
 
 

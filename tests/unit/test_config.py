@@ -29,7 +29,7 @@ def test_gpu_presets_follow_openchat_recipes():
     llama3 = load_config(CONFIGS[0].parent / "openchat-3.6-llama3-8b.yaml")
     assert (mistral.train.batch_max_len, llama3.train.batch_max_len) == (77824, 40960)  # OpenChat's per-GPU batch sizes
     for cfg in (mistral, llama3):
-        assert cfg.train.zero_stage == 2 and cfg.model.dtype == "bfloat16" and cfg.model.attn_implementation == "flash_attention_2"
+        assert cfg.train.zero_stage == 2 and cfg.model.dtype == "bfloat16" and cfg.model.attn_implementation == "auto"  # flash-attn is optional
         assert cfg.train.lr is None  # OpenChat's automatic learning rate
 
 
