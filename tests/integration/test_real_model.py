@@ -3,9 +3,8 @@ fine-tuned by the DeepSpeed launcher on a few dozen conversations, saved, reload
 
 This is the test that catches a base model that trains but cannot be saved (the GGUF `quantization_config` left in
 the converted folder made every checkpoint write fail after minutes of training). The conversion runs into a fresh
-cache that holds such a stale folder, so the rebuild is exercised too. 5 min 40 s to 7 min 17 s on a 2-core box shared
-with other jobs (load average 9 to 13; about 2.3 min of CPU in the test's own processes): setup 256-363 s (conversion,
-data, training), vLLM about 50 s.
+cache that holds such a stale folder, so the rebuild is exercised too. 3 min 05 s to 7 min 17 s on a 2-core box shared
+with other jobs (load average 3 to 13): setup 125-363 s (conversion, data, training), vLLM 38-50 s.
 """
 
 from __future__ import annotations
