@@ -105,8 +105,9 @@ def test_two_source_config_mixes_into_one_dataset_logged_to_mlflow(prefect_harne
     @flow(name="two-sources")
     def run():
         data = run_data_stages(cfg)
-        tracking = TrackingContext.for_config(cfg, layout_for(cfg))
-        return data, tracking, track_data_task(tracking, data, cfg)
+        layout = layout_for(cfg)
+        tracking = TrackingContext.for_config(cfg, layout)
+        return data, tracking, track_data_task(tracking, data, cfg, layout)
 
     data, tracking, run_id = run()
     validated = data.train.validated.report
