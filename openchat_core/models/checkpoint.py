@@ -1,7 +1,7 @@
 """The per-epoch checkpoint format, written atomically.
 
 A checkpoint is a Hugging Face model folder that transformers, vLLM and MLflow load as-is:
-config.json + safetensors, the tokenizer with the model type's `chat_template`, a
+config.json + safetensors (or, for LoRA, a peft adapter on a named base: models/adapters.py), the tokenizer with the model type's `chat_template`, a
 `generation_config.json` whose eos ids include the template's EOT (so `generate` and vLLM stop at
 the end of a turn), and `openchat.json` (model type, epoch, config, data digest).
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openchat_core.atomic import publish_folder
+from openchat_core.models.adapters import ADAPTER_CONFIG, is_adapter_checkpoint, model_config_dir
 from openchat_core.templates.model_types import ModelType, get_model_type
 
 if TYPE_CHECKING:
@@ -58,13 +59,14 @@ def save_checkpoint(out_dir: Path | str, model: PreTrainedModel, tokenizer: PreT
 
 def is_complete_checkpoint(path: Path | str) -> bool:
     p = Path(path)
-    return not p.name.endswith(".partial") and (p / METADATA_FILE).is_file() and (p / "config.json").is_file()
+    has_weights = (p / "config.json").is_file() or is_adapter_checkpoint(p)
+    return not p.name.endswith(".partial") and (p / METADATA_FILE).is_file() and has_weights
 
 
 def read_checkpoint(path: Path | str) -> CheckpointInfo:
     p = Path(path)
     if not is_complete_checkpoint(p):
-        raise FileNotFoundError(f"{p} is not a complete checkpoint (no {METADATA_FILE}/config.json, or still .partial)")
+        raise FileNotFoundError(f"{p} is not a complete checkpoint (no {METADATA_FILE}, no config.json/{ADAPTER_CONFIG}, or still .partial)")
     meta = json.loads((p / METADATA_FILE).read_text())
     return CheckpointInfo(path=p, model_type=meta["model_type"], epoch=meta.get("epoch"), metadata=meta)
 
@@ -98,7 +100,7 @@ def context_limit(model_dir: Path | str, model_type: str) -> int:
     `model_max_context`), capped by the model's `max_position_embeddings` (vLLM refuses more)."""
     limit = get_model_type(model_type).max_context
     try:
-        config = json.loads((Path(model_dir) / "config.json").read_text())
+        config = json.loads((model_config_dir(model_dir) / "config.json").read_text())
     except (OSError, ValueError):
         return limit
     positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
