@@ -20,6 +20,7 @@ from openchat_core.config import PipelineConfig
 from openchat_core.digest import file_digest, git_revision, text_digest
 from openchat_core.evaluation.checkpoint_eval import evaluate_checkpoint
 from openchat_core.markdown import markdown_table
+from openchat_core.registry.adapters import registrable
 from openchat_core.registry.promotion import promote_candidate
 from openchat_core.registry.selection import EpochScore, select_best
 from openchat_core.registry.store import ModelRegistry
@@ -104,14 +105,16 @@ def register_best_task(cfg: PipelineConfig, evals: list[EpochEval], key: str, tr
             "openchat.model_type": model_type, "openchat.git_revision": git_revision(), "openchat.selection": selection.reason,
             "openchat.pipeline_run_id": pipeline_run_id or "-", "openchat.train_run_id": train_run_id or "-",
             **prefect_tags(), **metric_tags(best.metrics, key)}
-    weights_digest = file_digest(Path(best.checkpoint) / "model.safetensors")
+    target = registrable(best.checkpoint, merge_adapter_weights=cfg.registry.merge_adapter)  # LoRA: adapter + base lineage, or merged
+    tags |= target.tags
+    weights_digest = file_digest(target.weights_file)
     version = registry.find_by_tag(WEIGHTS_TAG, weights_digest)
     if version is not None:  # an unchanged re-run: the same weights are already registered
         logger.info("these weights are already %s v%s; not registering them again", registry.name, version.version)
     else:
-        version = registry.register(best.checkpoint, train_run_id, {**tags, WEIGHTS_TAG: weights_digest})
+        version = registry.register(target.checkpoint, train_run_id, {**tags, WEIGHTS_TAG: weights_digest})
         logger.info("registered %s v%s: %s", registry.name, version.version, selection.reason)
-    return Registration(version=version.version, epoch=best.epoch, checkpoint=best.checkpoint, metric=cfg.eval.primary_metric,
+    return Registration(version=version.version, epoch=best.epoch, checkpoint=str(target.checkpoint), metric=cfg.eval.primary_metric,
                         value=selection.value, reason=selection.reason)
 
 

@@ -105,7 +105,10 @@ def load_adapter_model(path: Path | str, *, dtype: str = "float32", attn_impleme
     from openchat_core.models.model_factory import load_base_model
     from openchat_core.templates.tokenizers import load_tokenizer
 
+    from transformers import GenerationConfig
+
     base, _ = load_base_model(adapter_base_path(path), dtype=dtype, attn_implementation=attn_implementation, packed=packed)
+    base.generation_config = GenerationConfig.from_pretrained(str(path))  # the checkpoint's: its eos ids include the EOT
     model = PeftModel.from_pretrained(base, str(path), is_trainable=False)
     model.eval()
     return model, load_tokenizer(Path(path))

@@ -85,7 +85,7 @@ def test_adapter_checkpoint_reloads_with_peft_and_merges_to_the_same_logits(mist
     with torch.no_grad():
         trained = packed_forward(model.eval(), batch).logits
         reloaded, tokenizer = load_model(ckpt, attn_implementation="sdpa")
-        assert tokenizer.chat_template
+        assert tokenizer.chat_template and 32000 in reloaded.generation_config.eos_token_id
         assert torch.allclose(packed_forward(reloaded, batch).logits, trained, atol=1e-5)
         with reloaded.disable_adapter():
             assert not torch.allclose(packed_forward(reloaded, batch).logits, trained, atol=1e-3)  # the adapter changes the output

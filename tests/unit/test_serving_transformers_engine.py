@@ -200,3 +200,34 @@ def test_out_of_vocabulary_ids_are_a_request_error(checkpoint):
         return (await collect(engine, "ok", PROMPTS[1], max_tokens=2))[2]
 
     assert run_with_engine(checkpoint, scenario) == {0: "length"}  # the engine is still fine
+
+
+def test_a_lora_adapter_checkpoint_is_served_on_its_base(checkpoint, tmp_path):
+    """The engine resolves an adapter's base, applies the adapter, and answers as the adapted model (not the base)."""
+    from openchat_core.config import TrainConfig
+    from openchat_core.models.adapters import apply_lora, load_model
+    from openchat_core.models.checkpoint import save_checkpoint
+    from openchat_core.templates.tokenizers import load_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(checkpoint)
+    base = AutoModelForCausalLM.from_pretrained(str(checkpoint), attn_implementation="sdpa")
+    with torch.no_grad():  # large random adapter weights, so the adapter visibly changes the greedy tokens
+        model = apply_lora(base, TrainConfig(lora_r=8), base_path=checkpoint, init_lora_weights=False)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(50)
+    adapter = save_checkpoint(tmp_path / "ep_0", model, tokenizer, "openchat_3.5", {"adapter": {"type": "lora", "base_model": str(checkpoint)}})
+    peft_model, _ = load_model(adapter, attn_implementation="sdpa")
+    with torch.no_grad():
+        expected = peft_model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, do_sample=False, eos_token_id=None,
+                                       pad_token_id=0)[0, len(PROMPTS[0]):].tolist()
+        with peft_model.disable_adapter():
+            plain = peft_model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, do_sample=False, eos_token_id=None,
+                                        pad_token_id=0)[0, len(PROMPTS[0]):].tolist()
+    assert expected != plain
+
+    async def scenario(engine):
+        return (await collect(engine, "a", PROMPTS[0], max_tokens=8))[0][0]
+
+    assert run_with_engine(adapter, scenario) == expected
