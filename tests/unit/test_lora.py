@@ -100,3 +100,25 @@ def test_adapter_without_its_base_fails_naming_it(mistral_tokenizer, tmp_path):
                            {"adapter": {"type": "lora", "base_model": str(tmp_path / "gone")}})
     with pytest.raises(FileNotFoundError, match="gone.*not a local model folder"):
         load_model(ckpt)
+
+
+def test_train_command_passes_the_lora_options_to_the_trainer(tmp_path, monkeypatch):
+    """The README's `openchat train ... --adapter lora ...` line: generated options reach the trainer's config."""
+    from typer.testing import CliRunner
+
+    from openchat_core.cli import build_app
+    from openchat_core.training import launcher
+
+    seen = []
+    monkeypatch.setattr(launcher, "run_training", lambda cfg, on_line: seen.append(cfg))
+    (tmp_path / "t.parquet").write_bytes(b"")
+    result = CliRunner().invoke(build_app(), [
+        "train", "--data", str(tmp_path / "t.parquet"), "--model-path", "preset:tiny-mistral", "--out", str(tmp_path / "out"),
+        "--no-mlflow", "--adapter", "lora", "--lora-r", "16", "--lora-alpha", "32", "--lora-dropout", "0.1",
+        "--lora-target-modules", "q_proj,v_proj"])
+    assert result.exit_code == 0, result.output
+    t = seen[0].train
+    assert (t.adapter, t.lora_r, t.lora_alpha, t.lora_dropout, t.lora_target_modules) == ("lora", 16, 32.0, 0.1, "q_proj,v_proj")
+    bad = CliRunner().invoke(build_app(), ["train", "--data", str(tmp_path / "t.parquet"), "--model-path", "preset:tiny-mistral",
+                                           "--out", str(tmp_path / "out"), "--no-mlflow", "--adapter", "qlora"])
+    assert bad.exit_code != 0 and "'none' or 'lora'" in bad.output

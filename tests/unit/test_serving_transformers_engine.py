@@ -231,3 +231,15 @@ def test_a_lora_adapter_checkpoint_is_served_on_its_base(checkpoint, tmp_path):
         return (await collect(engine, "a", PROMPTS[0], max_tokens=8))[0][0]
 
     assert run_with_engine(adapter, scenario) == expected
+    from openchat_core.serving.runtime import ModelLoadError, ModelSpec, default_engine_factory, load_runtime
+    from openchat_core.serving.settings import ServeSettings
+
+    async def load(engine_kind):
+        runtime = await load_runtime(ModelSpec(adapter), ServeSettings(model=adapter, engine=engine_kind), default_engine_factory)
+        await runtime.engine.shutdown()
+        return runtime
+
+    runtime = asyncio.run(load("transformers"))  # what `openchat serve --model <adapter> --engine transformers` loads
+    assert runtime.model_type.name == "openchat_v3.2_mistral" and 32000 in runtime.stop_token_ids
+    with pytest.raises(ModelLoadError, match="LoRA adapter: serve it with --engine transformers"):
+        asyncio.run(load("vllm"))
