@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import glob
 import os
-import signal
-import subprocess
-import time
 
 import pytest
 import torch
 
 from openchat_core.models.checkpoint import list_epoch_checkpoints
-from openchat_core.training.launcher import build_command, launch_env, run_training
-from tests.integration.test_training_deepspeed import _cfg, _epoch_mean, _log, demo_tokens  # noqa: F401 (fixture)
+from openchat_core.training.launcher import run_training
+from tests.integration.test_training_deepspeed import _cfg, _epoch_mean, _log, demo_tokens, kill_after_state  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -78,23 +75,8 @@ def test_two_process_zero3_lora_gathers_the_adapter(tmp_path, demo_tokens):
 
 
 def test_killed_lora_run_resumes_and_finishes(tmp_path, demo_tokens):
-    from openchat_core.training.state import latest_resume_point
-
     cfg = _cfg(tmp_path, demo_tokens, epochs=2, **LORA).model_copy(update={"checkpoint_every_steps": 3, "eval_data": None})
-    os.makedirs(cfg.out_dir)
-    config_path = os.path.join(cfg.out_dir, "trainer_config.json")
-    with open(config_path, "w") as f:
-        f.write(cfg.model_dump_json())
-    proc = subprocess.Popen(build_command(config_path, 1), env=launch_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and (latest_resume_point(cfg.out_dir) is None or latest_resume_point(cfg.out_dir).global_step < 6):
-        assert proc.poll() is None, "training ended before it could be killed"
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    saved = latest_resume_point(cfg.out_dir)
-    assert saved is not None
+    saved = kill_after_state(cfg, min_step=6)
 
     lines: list[str] = []
     run_training(cfg.model_copy(update={"resume": True}), on_line=lines.append)
