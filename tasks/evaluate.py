@@ -20,6 +20,7 @@ from openchat_core.config import PipelineConfig
 from openchat_core.digest import file_digest, git_revision, text_digest
 from openchat_core.evaluation.checkpoint_eval import evaluate_checkpoint
 from openchat_core.markdown import markdown_table
+from openchat_core.models.adapters import weights_file
 from openchat_core.registry.adapters import registrable
 from openchat_core.registry.promotion import promote_candidate
 from openchat_core.registry.selection import EpochScore, select_best
@@ -55,7 +56,7 @@ def evaluate_epoch_task(layout: StorageLayout, checkpoint: EpochCheckpoint, cfg:
                         tracking: TrackingContext | None = None, train_run_id: str | None = None, recorded_heldout: bool = True) -> EpochEval:
     """Evaluate one epoch's checkpoint; its metrics go to the training run at step = epoch."""
     logger = get_run_logger()
-    stage_key = text_digest("evaluate", EVALUATE_VERSION, file_digest(Path(checkpoint.path) / "model.safetensors"), key)
+    stage_key = text_digest("evaluate", EVALUATE_VERSION, file_digest(weights_file(checkpoint.path)), key)
     final = Path(layout.stage_dir("evaluate", stage_key))
     if layout.is_complete(str(final)):
         metrics = json.loads((final / "metrics.json").read_text())

@@ -29,6 +29,11 @@ def is_adapter_checkpoint(path: Path | str) -> bool:
     return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
+def weights_file(path: Path | str) -> Path:
+    """The safetensors file holding a checkpoint's own weights (what identifies it: the adapter, or the full model)."""
+    return Path(path) / ("adapter_model.safetensors" if is_adapter_checkpoint(path) else "model.safetensors")
+
+
 def adapter_base_path(path: Path | str) -> Path:
     """The local base-model folder an adapter checkpoint was trained on (from openchat.json, else adapter_config.json).
 

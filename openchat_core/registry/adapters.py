@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from openchat_core.models.adapters import adapter_base_path, is_adapter_checkpoint, merge_adapter
+from openchat_core.models.adapters import adapter_base_path, is_adapter_checkpoint, merge_adapter, weights_file
 from openchat_core.models.checkpoint import read_checkpoint
 
 MERGED_PREFIX = "merged_"  # merged_ep_N: not matched by the ep_* glob of epoch checkpoints
@@ -27,12 +27,12 @@ def registrable(checkpoint: Path | str, *, merge_adapter_weights: bool = False) 
     """The folder, weights file and lineage tags to register for a training checkpoint (merging an adapter when asked)."""
     path = Path(checkpoint)
     if not is_adapter_checkpoint(path):
-        return Registrable(path, path / "model.safetensors", {"openchat.adapter": "none"})
+        return Registrable(path, weights_file(path), {"openchat.adapter": "none"})
     adapter = read_checkpoint(path).metadata.get("adapter") or {}
     lineage = {"openchat.adapter.type": str(adapter.get("type", "lora")), "openchat.adapter.base_model": str(adapter_base_path(path)),
                "openchat.adapter.r": str(adapter.get("r", "")), "openchat.adapter.target_modules": str(adapter.get("target_modules", ""))}
     if merge_adapter_weights:
         merged = merge_adapter(path, path.with_name(MERGED_PREFIX + path.name))
-        return Registrable(merged, merged / "model.safetensors",
+        return Registrable(merged, weights_file(merged),
                            {"openchat.adapter": "merged", "openchat.adapter.source": str(path.resolve()), **lineage})
-    return Registrable(path, path / "adapter_model.safetensors", {"openchat.adapter": "lora", **lineage})
+    return Registrable(path, weights_file(path), {"openchat.adapter": "lora", **lineage})
