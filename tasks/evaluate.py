@@ -20,7 +20,7 @@ from openchat_core.config import PipelineConfig
 from openchat_core.digest import file_digest, git_revision, text_digest
 from openchat_core.evaluation.checkpoint_eval import evaluate_checkpoint
 from openchat_core.markdown import markdown_table
-from openchat_core.models.adapters import weights_file
+from openchat_core.models.checkpoint import weights_file
 from openchat_core.registry.adapters import registrable
 from openchat_core.registry.promotion import promote_candidate
 from openchat_core.registry.selection import EpochScore, select_best

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from openchat_core.evaluation.generation import Generator
 from openchat_core.evaluation.transformers_generator import TransformersGenerator
 from openchat_core.evaluation.vllm_generator import VLLMGenerator
-from openchat_core.models.adapters import is_adapter_checkpoint
+from openchat_core.models.checkpoint import is_adapter_checkpoint
 from openchat_core.serve_env import find_serve_python
 
 EngineKind = Literal["auto", "vllm", "transformers"]

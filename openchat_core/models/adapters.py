@@ -1,4 +1,4 @@
-"""LoRA adapters (peft): wrap a base model for training, and find, load or merge an adapter checkpoint.
+"""LoRA adapters (peft): wrap a base model for training, and load or merge an adapter checkpoint.
 
 An adapter checkpoint is an epoch folder like a full one (tokenizer + chat template,
 `generation_config.json`, `openchat.json`) whose weights are `adapter_config.json` +
@@ -12,58 +12,17 @@ Light module: torch/peft are imported inside the functions that need them.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from openchat_core.models.checkpoint import adapter_base_path, is_adapter_checkpoint, read_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from openchat_core.config import TrainConfig
 
-ADAPTER_CONFIG = "adapter_config.json"
 BASE_MODEL_DIR = "base_model"  # beside the ep_N folders, when the base is not already a local folder
-
-
-def is_adapter_checkpoint(path: Path | str) -> bool:
-    return (Path(path) / ADAPTER_CONFIG).is_file()
-
-
-def weights_file(path: Path | str) -> Path:
-    """The safetensors file holding a checkpoint's own weights (what identifies it: the adapter, or the full model)."""
-    return Path(path) / ("adapter_model.safetensors" if is_adapter_checkpoint(path) else "model.safetensors")
-
-
-def adapter_base_path(path: Path | str) -> Path:
-    """The local base-model folder an adapter checkpoint was trained on (from openchat.json, else adapter_config.json).
-
-    Raises FileNotFoundError naming the file when the base is not recorded or no longer exists.
-    """
-    from openchat_core.models.checkpoint import METADATA_FILE
-
-    p = Path(path)
-    base = None
-    meta_file = p / METADATA_FILE
-    if meta_file.is_file():
-        adapter = json.loads(meta_file.read_text()).get("adapter") or {}
-        base = adapter.get("base_model")
-    if not base:
-        base = json.loads((p / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
-    if not base:
-        raise FileNotFoundError(f"{p}: neither {METADATA_FILE} (adapter.base_model) nor {ADAPTER_CONFIG} (base_model_name_or_path) "
-                                f"names the base model; add the base folder's path to one of them")
-    base_path = Path(base)
-    if not base_path.is_absolute():
-        base_path = (p / base_path).resolve()
-    if not (base_path / "config.json").is_file():
-        raise FileNotFoundError(f"{p} is a LoRA adapter on base model {base}, which is not a local model folder (no config.json); "
-                                f"restore the base there, or edit adapter.base_model in {meta_file}")
-    return base_path
-
-
-def model_config_dir(path: Path | str) -> Path:
-    """The folder holding the architecture's config.json: the checkpoint itself, or an adapter's base."""
-    return adapter_base_path(path) if is_adapter_checkpoint(path) else Path(path)
 
 
 def embedding_module_names(model: PreTrainedModel) -> list[str]:
@@ -128,7 +87,6 @@ def load_model(path: Path | str, **kwargs: Any) -> tuple[Any, PreTrainedTokenize
 
 def merge_adapter(path: Path | str, out_dir: Path | str) -> Path:
     """Write a full checkpoint (base + adapter folded into the weights) of an adapter checkpoint; returns its path."""
-    from openchat_core.models.checkpoint import read_checkpoint, save_checkpoint
 
     info = read_checkpoint(path)
     model, tokenizer = load_adapter_model(path)

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openchat_core.atomic import publish_folder
-from openchat_core.models.adapters import ADAPTER_CONFIG, is_adapter_checkpoint, model_config_dir
 from openchat_core.templates.model_types import ModelType, get_model_type
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 METADATA_FILE = "openchat.json"
+ADAPTER_CONFIG = "adapter_config.json"  # a LoRA checkpoint (models/adapters.py): adapter weights on a named base
 TRAINER_STATE_DIR = "trainer_state"
 
 
@@ -55,6 +55,45 @@ def save_checkpoint(out_dir: Path | str, model: PreTrainedModel, tokenizer: PreT
         meta = {"model_type": mt.name, **(metadata or {})}
         (partial / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return out
+
+
+def is_adapter_checkpoint(path: Path | str) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def weights_file(path: Path | str) -> Path:
+    """The safetensors file holding a checkpoint's own weights (what identifies it: the adapter, or the full model)."""
+    return Path(path) / ("adapter_model.safetensors" if is_adapter_checkpoint(path) else "model.safetensors")
+
+
+def adapter_base_path(path: Path | str) -> Path:
+    """The local base-model folder an adapter checkpoint was trained on (from openchat.json, else adapter_config.json).
+
+    Raises FileNotFoundError naming the file when the base is not recorded or no longer exists.
+    """
+    p = Path(path)
+    base = None
+    meta_file = p / METADATA_FILE
+    if meta_file.is_file():
+        adapter = json.loads(meta_file.read_text()).get("adapter") or {}
+        base = adapter.get("base_model")
+    if not base:
+        base = json.loads((p / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base:
+        raise FileNotFoundError(f"{p}: neither {METADATA_FILE} (adapter.base_model) nor {ADAPTER_CONFIG} (base_model_name_or_path) "
+                                f"names the base model; add the base folder's path to one of them")
+    base_path = Path(base)
+    if not base_path.is_absolute():
+        base_path = (p / base_path).resolve()
+    if not (base_path / "config.json").is_file():
+        raise FileNotFoundError(f"{p} is a LoRA adapter on base model {base}, which is not a local model folder (no config.json); "
+                                f"restore the base there, or edit adapter.base_model in {meta_file}")
+    return base_path
+
+
+def model_config_dir(path: Path | str) -> Path:
+    """The folder holding the architecture's config.json: the checkpoint itself, or an adapter's base."""
+    return adapter_base_path(path) if is_adapter_checkpoint(path) else Path(path)
 
 
 def is_complete_checkpoint(path: Path | str) -> bool:

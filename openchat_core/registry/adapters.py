@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from openchat_core.models.adapters import adapter_base_path, is_adapter_checkpoint, merge_adapter, weights_file
-from openchat_core.models.checkpoint import read_checkpoint
+from openchat_core.models.adapters import merge_adapter
+from openchat_core.models.checkpoint import adapter_base_path, is_adapter_checkpoint, read_checkpoint, weights_file
 
 MERGED_PREFIX = "merged_"  # merged_ep_N: not matched by the ep_* glob of epoch checkpoints
 

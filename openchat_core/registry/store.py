@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openchat_core.models.adapters import is_adapter_checkpoint
+from openchat_core.models.checkpoint import is_adapter_checkpoint
 from openchat_core.templates.tokenizers import cache_root
 
 CHAMPION = "champion"

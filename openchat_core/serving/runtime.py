@@ -191,8 +191,7 @@ async def load_runtime(spec: ModelSpec, settings: ServeSettings, engine_factory:
     kind = settings.engine
     model_dir = spec.model_dir.expanduser().resolve()
     spec = ModelSpec(model_dir, spec.served_name, spec.registry_version, spec.model_type)
-    from openchat_core.models.adapters import is_adapter_checkpoint
-    from openchat_core.models.checkpoint import checkpoint_model_type
+    from openchat_core.models.checkpoint import checkpoint_model_type, is_adapter_checkpoint
 
     adapter = is_adapter_checkpoint(model_dir)
     if not ((model_dir / "config.json").is_file() or adapter):

@@ -204,7 +204,7 @@ class TransformersEngine:
 
         from openchat_core.models.model_factory import resolve_dtype
 
-        from openchat_core.models.adapters import adapter_base_path, is_adapter_checkpoint
+        from openchat_core.models.checkpoint import adapter_base_path, is_adapter_checkpoint
 
         model_dir = self.config.model_dir
         adapter = is_adapter_checkpoint(model_dir)
