@@ -86,6 +86,9 @@ def train_and_score(folder: Path, tokens: int, variant: str, convs: list[dict], 
 
 
 def main() -> None:
+    from openchat_core.telemetry import telemetry_defaults
+
+    os.environ.update(telemetry_defaults())  # process start: Ray, vLLM, MLflow and the hub client read it on import
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=20, help="epochs of the full-data variants (expert-only gets the same steps)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])

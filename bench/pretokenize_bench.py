@@ -145,6 +145,9 @@ def bench_validation(work: Path, n: int, repeats: int) -> str:
 
 
 def main() -> None:
+    from openchat_core.telemetry import telemetry_defaults
+
+    os.environ.update(telemetry_defaults())  # process start: Ray, vLLM, MLflow and the hub client read it on import
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=2)

@@ -85,6 +85,9 @@ def bench_openchat(lengths, num_seqs, capacity, ranks) -> dict:
 
 
 def main() -> None:
+    from openchat_core.telemetry import telemetry_defaults
+
+    os.environ.update(telemetry_defaults())  # process start: Ray, vLLM, MLflow and the hub client read it on import
     lengths_full = realistic_lengths(NUM_SEQUENCES, seed=0)
     rng = np.random.default_rng(1)
     num_seqs = np.rint(lengths_full * rng.uniform(0.3, 0.8, NUM_SEQUENCES)).astype(np.float32)

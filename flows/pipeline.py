@@ -99,7 +99,7 @@ def run_pipeline(cfg: PipelineConfig, *, deploy: bool | None = None, skip_if_unc
 
     with flow_run(base, "pipeline", prefect_tags()) as tracking:
         _tag_flow_run_with_mlflow(tracking.parent_run_id, tracking)
-        track_data_task(tracking, data, cfg)
+        track_data_task(tracking, data, cfg, layout)
         train: TrainOutput = train_task(layout, data.train.tokens_file, data.train.tokens.key, data.heldout_file, data.heldout_key, cfg,
                                         tracking)
         promotion: PromotionOutput = run_evaluate_and_promote(cfg, tracking, train, data.heldout_file, data.heldout_key,

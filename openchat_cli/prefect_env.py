@@ -11,7 +11,6 @@ from tasks.outputs import layout_for
 
 def prepare_prefect_home(cfg: PipelineConfig) -> None:
     """Embedded Prefect by default, its SQLite database under a local storage root; a real server if PREFECT_API_URL is set."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     layout = layout_for(cfg)
     if "PREFECT_API_URL" not in os.environ and not layout.remote:
         home = Path(layout.root) / "prefect"

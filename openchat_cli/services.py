@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import typer
 
+from openchat_core.telemetry import without_telemetry
 from storage.layout import local_mlflow_artifact_root, local_mlflow_tracking_uri
 
 WORK_POOL = "local-process"
@@ -43,8 +44,8 @@ def run_services(storage_root: Path, prefect_port: int, mlflow_port: int, deploy
     root = storage_root.resolve()
     (root / "prefect").mkdir(parents=True, exist_ok=True)
     api = f"http://127.0.0.1:{prefect_port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(root / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": api,
-           "OPENCHAT_PROJECT_DIR": str(REPO)}
+    env = without_telemetry({**os.environ, "PREFECT_HOME": str(root / "prefect"), "PREFECT_API_URL": api,
+                             "OPENCHAT_PROJECT_DIR": str(REPO)})
     logs = root / "services"
     logs.mkdir(exist_ok=True)
     procs: list[subprocess.Popen] = []

@@ -19,7 +19,10 @@ from openchat_core.data.mix import MixPolicy
 from openchat_core.data.rules import DEFAULT_MAX_LINE_BYTES
 from openchat_core.data.sources import DataSource
 from openchat_core.data.weights import WeightPolicy
+from openchat_core.evaluation.coding.sandbox import SandboxLimits
+from openchat_core.evaluation.coding.scoring import CodingOptions
 from openchat_core.serving.settings import DEFAULT_PORT
+from openchat_core.templates.chat_template import ChatTemplateOptions
 from openchat_core.templates.model_types import canonical_model_type_name
 
 
@@ -77,12 +80,29 @@ class DataConfig(Section):
         return [DataSource(path=e) if isinstance(e, str) else e for e in entries]
 
 
+_CT = ChatTemplateOptions()  # the chat_template defaults, defined once there
+
+
 class TokenizeConfig(Section):
     model_type: str = Field("openchat_3.5", description="conversation template (see `openchat model-types`)")
     tokenizer: str | None = Field(None, description="tokenizer folder or preset; default: model.base")
     per_sequence_loss: bool = False
     workers: int = Field(1, ge=1, le=64)
     batch_rows: int = Field(2048, ge=1)
+    # Model type `chat_template` only: where the C-RLFT condition is rendered (templates/chat_template.py).
+    condition_format: str = Field(_CT.condition_format, description="chat_template: the condition line; must contain {condition}")
+    condition_placement: Literal["system", "user"] = Field(
+        _CT.placement, description="chat_template: condition line in a system message, or before the first user message")
+    inference_condition: str = Field(_CT.inference_condition, description="chat_template: condition when a request gives none")
+
+    def chat_template_options(self) -> ChatTemplateOptions:
+        return ChatTemplateOptions(self.condition_format, self.condition_placement, self.inference_condition)
+
+    @field_validator("condition_format")
+    @classmethod
+    def _valid_condition_format(cls, value: str) -> str:
+        ChatTemplateOptions(condition_format=value)
+        return value
 
     @field_validator("model_type")
     @classmethod
@@ -97,8 +117,9 @@ class TokenizeConfig(Section):
 class ModelConfig(Section):
     base: str = Field("preset:tiny-mistral", description="local HF model folder or preset:NAME")
     dtype: Literal["float32", "bfloat16"] = "float32"
-    attn_implementation: Literal["auto", "sdpa_varlen", "sdpa", "eager", "flash_attention_2"] = Field(
-        "auto", description="auto: flash_attention_2 on CUDA when installed, else sdpa_varlen (sdpa per packed sequence)")
+    attn_implementation: Literal["auto", "sdpa_varlen", "torch_varlen", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="auto: flash_attention_2 on CUDA when installed, else torch_varlen (torch's built-in varlen "
+                            "attention) on CUDA, else sdpa_varlen (sdpa per packed sequence)")
     add_missing_special_tokens: bool = Field(False, description="add the template's special tokens (mean-initialised) if missing")
 
 
@@ -152,9 +173,23 @@ class EvalConfig(Section):
     engine: Literal["auto", "vllm", "transformers"] = "auto"
     max_new_tokens: int = Field(512, ge=1, description="answer length cap per question (OpenChat's eval uses 512)")
     limit_per_task: int | None = Field(None, ge=1, description="evaluate only the first N questions of each task (quick runs)")
-    primary_metric: str = Field("eval/loss", description="metric that picks the best epoch, e.g. eval/loss or gen/accuracy")
+    harness: list[str] = Field(default_factory=list, description="lm-eval tasks run against each candidate served on a "
+                               "temporary loopback port (names from harness_include or installed tasks that need no "
+                               "download); scores are harness/<task>/<metric>; empty = off")
+    harness_include: str | None = Field(None, description="folder of local lm-eval task YAML files for eval.harness")
+    harness_model: Literal["local-completions", "local-chat-completions"] = Field(
+        "local-completions", description="lm-eval model: completions (log-likelihood and generation tasks) or chat "
+                                         "completions (generation tasks only, through the OpenChat template)")
+    harness_limit: int | None = Field(None, ge=1, description="lm-eval --limit: the first N documents of each task")
+    primary_metric: str = Field("eval/loss", description="metric that picks the best epoch, e.g. eval/loss, gen/accuracy "
+                                                         "gen/coding/humaneval/pass1_plus or harness/<task>/acc")
     direction: Literal["minimize", "maximize"] = "minimize"
     tie_break: Literal["later_epoch", "lower_loss"] = "later_epoch"
+    humaneval_plus: str | None = Field(None, description="coding eval: local HumanEvalPlus .jsonl(.gz) replacing the problems "
+                                                         "in the coding rows (never downloaded)")
+    code_timeout_s: float = Field(SandboxLimits.timeout_s, gt=0, description="coding eval: wall-clock limit per problem")
+    code_memory_mb: int = Field(SandboxLimits.memory_mb, ge=256, description="coding eval: address-space limit per problem")
+    code_workers: int = Field(CodingOptions.workers, ge=1, description="coding eval: problems run in parallel sandboxes")
 
 
 class RegistryConfig(Section):
@@ -210,6 +245,14 @@ class PipelineConfig(Section):
     def path(self, value: str) -> Path:
         p = Path(value).expanduser()
         return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def coding_options(self) -> CodingOptions:
+        """How coding answers are executed (eval.humaneval_plus, eval.code_*)."""
+        from openchat_core.evaluation.coding.scoring import coding_options
+
+        e = self.eval
+        return coding_options(self.path(e.humaneval_plus) if e.humaneval_plus else None, e.code_timeout_s, e.code_memory_mb,
+                              e.code_workers)
 
 
 class _Replace:

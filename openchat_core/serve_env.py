@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from openchat_core.telemetry import without_telemetry
+
 SERVE_PYTHON_ENV = "OPENCHAT_SERVE_PYTHON"
 
 
@@ -42,8 +44,8 @@ def find_serve_python() -> Path | None:
 
 def checkout_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a serving-env process: this checkout first on PYTHONPATH (the code that runs is this
-    code, not another install), offline hub, no tokenizer thread pools fighting the engine's."""
-    env = dict(os.environ if base is None else base)
+    code, not another install), offline hub, telemetry off, no tokenizer thread pools fighting the engine's."""
+    env = without_telemetry(os.environ if base is None else base)
     env["PYTHONPATH"] = os.pathsep.join([str(repo_root()), *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")

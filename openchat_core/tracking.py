@@ -131,7 +131,8 @@ class MlflowTracker:
         from mlflow.entities import DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-        dataset = MetaDataset(source=resolve_dataset_source(Path(path).resolve().as_uri()), name=name, digest=digest)
+        uri = str(path) if "://" in str(path) else Path(path).resolve().as_uri()  # object storage URLs as they are
+        dataset = MetaDataset(source=resolve_dataset_source(uri), name=name, digest=digest)
         input_tags = [InputTag(key=k, value=v) for k, v in (tags or {}).items()] + [InputTag(key=MLFLOW_DATASET_CONTEXT, value=context)]
         # what mlflow.log_input sends, without its global "active run" state
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=input_tags)])

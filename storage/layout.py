@@ -42,6 +42,66 @@ def is_remote(root: str) -> bool:
     return "://" in root and not root.startswith("file://")
 
 
+def scratch_root() -> Path:
+    """Local working space for remote roots: stages are built here, published folders are downloaded here."""
+    return Path(os.environ.get("OPENCHAT_SCRATCH", Path.home() / ".cache" / "openchat-pipeline" / "scratch"))
+
+
+def upload_folder(local: Path, url: str, marker: str = SUCCESS_MARKER) -> None:
+    """Copy a local folder to an fsspec URL, the file named `marker` last: the copy counts as complete only once it exists.
+
+    The local folder is kept (a trainer continues from it). Used for stage folders and per-epoch checkpoints.
+    """
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    last = local / marker
+    if not last.is_file():
+        raise FileNotFoundError(f"{local} has no {marker}: it is not complete and must not be published")
+    for file in sorted(local.rglob("*")):
+        if file.is_file() and file != last:
+            fs.put_file(str(file), f"{path}/{file.relative_to(local).as_posix()}")
+    fs.put_file(str(last), f"{path}/{marker}")
+
+
+def download_folder(url: str, local: Path, marker: str = SUCCESS_MARKER) -> Path:
+    """Copy a published folder to `local` (into a staging sibling, renamed when complete); raises if it is not complete."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache(path)
+    try:
+        fs.info(f"{path}/{marker}")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{url} is not complete (no {marker}): nothing to download") from None
+    staging = local.with_name(f"{local.name}.partial-{uuid.uuid4().hex[:8]}")
+    fs.get(path.rstrip("/") + "/", str(staging), recursive=True)
+    shutil.rmtree(local, ignore_errors=True)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(local)
+    return local
+
+
+def remove_published(url: str) -> None:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.rm(path, recursive=True)
+
+
+def complete_children(url: str, marker: str = SUCCESS_MARKER) -> list[str]:
+    """Names of the sub-folders of `url` that hold `marker` (published and complete); [] when `url` does not exist."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache(path)
+    try:
+        found = fs.glob(f"{path.rstrip('/')}/*/{marker}")
+    except FileNotFoundError:
+        return []
+    return sorted(p.rstrip("/").split("/")[-2] for p in found)
+
+
 def local_mlflow_tracking_uri(root: Path) -> str:
     """The default MLflow tracking + registry store of a local storage root (the pipeline and `openchat up` share it)."""
     return f"sqlite:///{root}/mlflow.db"
@@ -81,6 +141,10 @@ class StorageLayout:
     def serving_dir(self) -> str:
         return self._join("serving")
 
+    def local_serving_dir(self) -> Path:
+        """The serving state (admin key, server log) of this machine: under a local root, else in local scratch."""
+        return Path(self.serving_dir()) if not self.remote else scratch_root() / "serving"
+
     def mlflow_tracking_uri(self) -> str:
         if self.remote:
             raise ValueError("a remote storage root has no default MLflow store; set tracking.uri to your MLflow server")
@@ -101,8 +165,7 @@ class StorageLayout:
         """
         final = self.stage_dir(stage, key)
         if self.remote:
-            scratch = Path(os.environ.get("OPENCHAT_SCRATCH", Path.home() / ".cache" / "openchat-pipeline" / "scratch"))
-            local = scratch / f"{stage}-{key}-{uuid.uuid4().hex[:8]}"
+            local = scratch_root() / f"{stage}-{key}-{uuid.uuid4().hex[:8]}"
         else:
             local = Path(f"{final}.partial-{uuid.uuid4().hex[:8]}")
         local.mkdir(parents=True, exist_ok=False)
@@ -123,22 +186,29 @@ class StorageLayout:
             target.parent.mkdir(parents=True, exist_ok=True)
             local.rename(target)
             return
-        fs, path = self._fs(final)
-        marker = local / SUCCESS_MARKER
-        for file in sorted(local.rglob("*")):
-            if file.is_file() and file != marker:
-                fs.put_file(str(file), f"{path}/{file.relative_to(local).as_posix()}")
-        fs.put_file(str(marker), f"{path}/{SUCCESS_MARKER}")  # last: the folder counts only now
+        upload_folder(local, final)  # the marker last: the folder counts only now
 
     def local_copy(self, path: str) -> Path:
-        """A local path for a stage folder: itself when local, else a cached download."""
-        if not self.remote:
+        """A local path for a complete published folder (stage output, epoch checkpoint): itself when local, else a cached download."""
+        if not is_remote(path):  # a local root, or a local folder given by a person (e.g. --checkpoints)
             return Path(path)
-        target = Path(os.environ.get("OPENCHAT_SCRATCH", Path.home() / ".cache" / "openchat-pipeline" / "scratch")) / "downloads" / path.replace("://", "_").replace("/", "_")
+        target = scratch_root() / "downloads" / path.replace("://", "_").replace("/", "_")
         if not (target / SUCCESS_MARKER).exists():
-            fs, remote_path = self._fs(path)
-            fs.get(remote_path, str(target), recursive=True)
+            download_folder(path, target)
         return target
+
+    def local_file(self, path: str) -> str:
+        """A local path for a file inside a complete published folder (e.g. a stage's tokens.parquet)."""
+        if not is_remote(path):
+            return path
+        folder, _, name = path.rstrip("/").rpartition("/")
+        return str(self.local_copy(folder) / name)
+
+    def work_dir(self, stage: str, key: str) -> Path:
+        """Where a long stage (training) keeps its local working state: the stage folder itself for local roots."""
+        if not self.remote:
+            return Path(self.stage_dir(stage, key))
+        return scratch_root() / "work" / self.pipeline / _check_name("stage", stage) / _check_name("key", key)
 
     # -- small files -------------------------------------------------------------------------------
     def write_json(self, path: str, data: Any) -> None:
@@ -175,4 +245,9 @@ class StorageLayout:
         if not self.remote:
             return Path(path).exists()
         fs, p = self._fs(path)
-        return fs.exists(p)
+        fs.invalidate_cache(p)  # another process (a trainer, another worker) may have changed it since this one listed it
+        try:  # not fs.exists(): some filesystems answer False for any error, and a failed read is not "not there"
+            fs.info(p)
+        except FileNotFoundError:
+            return False
+        return True

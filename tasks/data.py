@@ -22,7 +22,8 @@ from openchat_core.data.validate import InputSource, RejectedFractionExceeded, v
 from openchat_core.data.weights import WeightPolicy, assign_weights_file, condition_table
 from openchat_core.digest import files_digest, text_digest
 from openchat_core.markdown import markdown_table
-from openchat_core.templates.conversation import TemplateSpec
+from openchat_core.templates.chat_template import ChatTemplateOptions, ChatTemplateSpec
+from openchat_core.templates.specs import template_spec
 from openchat_core.templates.model_types import get_model_type
 from openchat_core.templates.tokenizers import load_tokenizer, tokenizer_fingerprint
 from storage import StorageLayout
@@ -131,17 +132,21 @@ def weights_task(layout: StorageLayout, validated: StageOutput, policy: WeightPo
 
 @_stage_task("pretokenize")
 def pretokenize_task(layout: StorageLayout, weighted: StageOutput, model_type: str, tokenizer_path: str, split: str = "train",
-                     per_sequence_loss: bool = False, workers: int = 1, batch_rows: int = 2048) -> StageOutput:
+                     per_sequence_loss: bool = False, workers: int = 1, batch_rows: int = 2048,
+                     chat_template_options: ChatTemplateOptions | None = None) -> StageOutput:
     """Tokenize into OpenChat's Parquet; cached on (input, tokenizer fingerprint, model type, max context, options)."""
     logger = get_run_logger()
     tokenizer = load_tokenizer(tokenizer_path)
     fingerprint = tokenizer_fingerprint(tokenizer)
     mt = get_model_type(model_type)
-    key = text_digest("pretokenize", PRETOKENIZE_VERSION, weighted.key, fingerprint, mt.name, str(mt.max_context), str(per_sequence_loss))
+    spec = template_spec(mt, tokenizer, chat_template_options, name=tokenizer_path)
+    # chat_template: the Jinja text and the condition options decide ids too (the fingerprint covers tokenizer.json only)
+    template_key = json.dumps(spec.metadata(), sort_keys=True) if isinstance(spec, ChatTemplateSpec) else ""
+    key = text_digest("pretokenize", PRETOKENIZE_VERSION, weighted.key, fingerprint, mt.name, str(mt.max_context), str(per_sequence_loss),
+                      *([template_key] if template_key else []))
     final = layout.stage_dir("pretokenize", key)
     cached = layout.is_complete(final)
     if not cached:
-        spec = TemplateSpec.from_tokenizer(mt, tokenizer)
         with layout.building("pretokenize", key) as out:
             report = pretokenize_file(layout.local_copy(weighted.path) / "weighted.parquet", out / "tokens.parquet", spec,
                                       tokenizer_fingerprint=fingerprint, per_sequence_loss=per_sequence_loss, workers=workers,
@@ -159,7 +164,7 @@ def pretokenize_task(layout: StorageLayout, weighted: StageOutput, model_type: s
 
 
 @task(name="track-data", cache_policy=NONE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io_errors)
-def track_data_task(tracking: TrackingContext, data: DataOutputs, cfg: PipelineConfig) -> str:
+def track_data_task(tracking: TrackingContext, data: DataOutputs, cfg: PipelineConfig, layout: StorageLayout) -> str:
     """The data stage's MLflow run: settings, counts, reports, a quarantine sample, and dataset lineage with digests."""
     from openchat_core.tracking import MlflowTracker
 
@@ -177,14 +182,14 @@ def track_data_task(tracking: TrackingContext, data: DataOutputs, cfg: PipelineC
                         f"{name}/sampled_out": m["sampled_out"], f"{name}/mixed": m["kept"],
                         f"{name}/rows": t["rows"], f"{name}/tokens": t["tokens"], f"{name}/supervised_tokens": t["supervised_tokens"]})
         for stage in (split.validated, split.mixed, split.weighted, split.tokens):
-            folder = Path(stage.path)
+            folder = layout.local_copy(stage.path)
             for report in ("report.json", "mix_report.json", "weights_report.json"):
                 if (folder / report).is_file():
                     tracker.log_artifact(str(folder / report), f"{name}/{stage.stage}")
-        quarantine = Path(split.validated.path) / "quarantine.jsonl"
+        quarantine = layout.local_copy(split.validated.path) / "quarantine.jsonl"
         with open(quarantine, encoding="utf-8") as lines:  # the quarantine can be large: read only the sample
             sample = [line.rstrip("\n") for line in itertools.islice(lines, 50)]
-        sample_file = Path(split.validated.path) / "quarantine_sample.jsonl"
+        sample_file = quarantine.with_name("quarantine_sample.jsonl")
         if sample and not sample_file.exists():
             sample_file.write_text("\n".join(sample) + "\n", encoding="utf-8")
         if sample:
@@ -197,7 +202,8 @@ def track_data_task(tracking: TrackingContext, data: DataOutputs, cfg: PipelineC
         if table:
             tracker.log_table({column: [row[column] for row in table] for column in table[0]}, f"{name}/mix/mix_table.json")
         for stage, context in ((split.validated, "validated"), (split.mixed, "mixed"), (split.tokens, "pretokenized")):
-            target = Path(stage.path) / ("tokens.parquet" if stage.stage == "pretokenize" else "conversations.parquet")
+            name_in_stage = "tokens.parquet" if stage.stage == "pretokenize" else "conversations.parquet"
+            target = f"{stage.path}/{name_in_stage}" if layout.remote else Path(stage.path) / name_in_stage  # lineage: where it lives
             tracker.log_dataset(target, f"{name}-{context}", stage.key, context=name, tags={"openchat.stage": stage.stage})
     tracker.close()
     return run_id

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -22,7 +21,7 @@ def deploy_task(cfg: PipelineConfig, tracking: TrackingContext, layout: StorageL
     logger = get_run_logger()
     extra = ("--max-model-len", str(cfg.serve.max_model_len)) if cfg.serve.max_model_len else ()
     record = deploy_registered(tracking.uri, cfg.registered_model_name, alias=alias, url=cfg.serve.url,
-                               state_dir=Path(layout.serving_dir()), engine=cfg.serve.engine, api_keys=cfg.serve.api_keys(),
+                               state_dir=layout.local_serving_dir(), engine=cfg.serve.engine, api_keys=cfg.serve.api_keys(),
                                smoke_prompt=cfg.serve.smoke_prompt, extra_args=extra)
     logger.info("serving %s v%s at %s/v1 (%s engine, pid %s)", record["served_name"], record["registry_version"], record["url"],
                 record["engine"], record["pid"])

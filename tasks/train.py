@@ -16,14 +16,16 @@ from pydantic import BaseModel
 from openchat_core.config import PipelineConfig
 from openchat_core.digest import text_digest
 from openchat_core.markdown import markdown_table
-from openchat_core.models.checkpoint import list_epoch_checkpoints
+from openchat_core.models.checkpoint import is_complete_checkpoint, list_epoch_checkpoints, read_checkpoint
 from openchat_core.training.launcher import TrainingFailed, run_training
 from openchat_core.training.trainer_config import TrainerConfig
 from storage import SUCCESS_MARKER, StorageLayout
+from storage.layout import complete_children, download_folder
 from tasks.common import publish_markdown
 from tasks.tracking import TrackingContext
 
 TRAIN_VERSION = "1"
+RUN_ID_FILE = "mlflow_run.json"
 
 
 class EpochCheckpoint(BaseModel):
@@ -64,22 +66,24 @@ def train_task(layout: StorageLayout, tokens_file: str, tokens_key: str, eval_fi
     """Train (or resume, or reuse) the model for these tokens and settings; returns its epoch checkpoints."""
     logger = get_run_logger()
     key = train_key(tokens_key, eval_key, cfg)
-    if layout.remote:
-        raise NotImplementedError("training writes checkpoints locally; use a local storage.root on the training machine "
-                                  "(checkpoints are then registered to MLflow's artifact store)")
-    out = Path(layout.stage_dir("train", key))
-    if (out / SUCCESS_MARKER).is_file():
-        logger.info("train: reusing finished training %s", out)
-        return _output(key, out, cached=True, run_id=(out / "mlflow_run_id").read_text().strip() if (out / "mlflow_run_id").is_file() else None)
+    final = layout.stage_dir("train", key)  # where the epochs are published (the training folder itself for local roots)
+    out = layout.work_dir("train", key)
+    run_id_file = f"{final}/{RUN_ID_FILE}"
+    if layout.is_complete(final):
+        logger.info("train: reusing finished training %s", final)
+        run_id = layout.read_json(run_id_file)["run_id"] if layout.exists(run_id_file) else None
+        return _output(layout, key, final, cached=True, run_id=run_id)
 
     run_id = None
     if tracking is not None:
-        existing = out / "mlflow_run_id"
-        run_id = existing.read_text().strip() if existing.is_file() else tracking.start_run("train", {"openchat.stage": "train"})
-        out.mkdir(parents=True, exist_ok=True)
-        existing.write_text(run_id)
+        run_id = layout.read_json(run_id_file)["run_id"] if layout.exists(run_id_file) else tracking.start_run("train", {"openchat.stage": "train"})
+        layout.write_json(run_id_file, {"run_id": run_id})
     _check_model_source(cfg.model.base)
-    trainer_cfg = TrainerConfig(data=tokens_file, eval_data=eval_file, out_dir=str(out), train=cfg.train, model=cfg.model, resume=True,
+    if layout.remote:
+        restore_published(final, out, logger)
+    trainer_cfg = TrainerConfig(data=layout.local_file(tokens_file), eval_data=layout.local_file(eval_file) if eval_file else None,
+                                out_dir=str(out), train=cfg.train, model=cfg.model, resume=True,
+                                publish_to=final if layout.remote else None,
                                 tracking_uri=tracking.uri if tracking else None, mlflow_run_id=run_id,
                                 experiment=tracking.experiment if tracking else None)
     logger.info("train: %s -> %s", tokens_file, out)
@@ -89,12 +93,12 @@ def train_task(layout: StorageLayout, tokens_file: str, tokens_key: str, eval_fi
         if tracking is not None and run_id:
             tracking.client().set_terminated(run_id, status="FAILED")
         raise
-    (out / SUCCESS_MARKER).write_text("{}\n")
+    layout.write_json(f"{final}/{SUCCESS_MARKER}", {"stage": "train", "key": key})  # every epoch is published: the stage is complete
     if tracking is not None and run_id:
         tracking.client().set_terminated(run_id, status="FINISHED")
-    result = _output(key, out, cached=False, run_id=run_id)
+    result = _output(layout, key, final, cached=False, run_id=run_id)
     rows = [{"epoch": c.epoch, **{k: round(v, 4) for k, v in c.metrics.items()}, "checkpoint": c.path} for c in result.checkpoints]
-    publish_markdown("training", f"## Training\n\n{markdown_table(rows)}\n\nOutput: `{out}`", description="Epoch checkpoints and held-out metrics")
+    publish_markdown("training", f"## Training\n\n{markdown_table(rows)}\n\nOutput: `{final}`", description="Epoch checkpoints and held-out metrics")
     return result
 
 
@@ -106,9 +110,28 @@ def _check_model_source(base: str) -> None:
         raise FileNotFoundError(f"model.base {base!r} is not a local Hugging Face model folder (no config.json) or a preset:NAME")
 
 
-def _output(key: str, out: Path, cached: bool, run_id: str | None) -> TrainOutput:
-    checkpoints = list_epoch_checkpoints(out)
+def restore_published(final: str, out: Path, logger) -> None:  # noqa: ANN001 - a Prefect logger
+    """Bring the published epochs and the newest published state into the local work folder, so a training that stopped
+    on another machine (or lost its disk) resumes where the storage root says it stopped."""
+    from openchat_core.training.state import MARKER, STATE_DIR, latest_resume_point
+
+    for name in complete_children(final):
+        if not is_complete_checkpoint(out / name):
+            download_folder(f"{final}/{name}", out / name)
+            logger.info("train: restored published %s", name)
+    published = complete_children(f"{final}/{STATE_DIR}", marker=MARKER)
+    local = latest_resume_point(out)
+    if published and (local is None or published[-1] > local.tag):
+        download_folder(f"{final}/{STATE_DIR}/{published[-1]}", out / STATE_DIR / published[-1], marker=MARKER)
+        logger.info("train: resuming from the published state %s", published[-1])
+
+
+def _output(layout: StorageLayout, key: str, final: str, cached: bool, run_id: str | None) -> TrainOutput:
+    """The published epochs (read through a local copy when the root is remote); their paths are in the storage root."""
+    names = complete_children(final) if layout.remote else [c.path.name for c in list_epoch_checkpoints(final)]
+    checkpoints = [(f"{final}/{name}", read_checkpoint(layout.local_copy(f"{final}/{name}"))) for name in names]
     if not checkpoints:
-        raise RuntimeError(f"training in {out} finished without a complete checkpoint")
-    return TrainOutput(key=key, path=str(out), cached=cached, model_type=checkpoints[0].model_type, mlflow_run_id=run_id,
-                       checkpoints=[EpochCheckpoint(epoch=c.epoch, path=str(c.path), metrics=c.metadata.get("metrics", {})) for c in checkpoints])
+        raise RuntimeError(f"training in {final} finished without a complete checkpoint")
+    checkpoints.sort(key=lambda c: c[1].epoch if c[1].epoch is not None else -1)
+    return TrainOutput(key=key, path=final, cached=cached, model_type=checkpoints[0][1].model_type, mlflow_run_id=run_id,
+                       checkpoints=[EpochCheckpoint(epoch=c.epoch, path=path, metrics=c.metadata.get("metrics", {})) for path, c in checkpoints])

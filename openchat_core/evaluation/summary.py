@@ -36,6 +36,7 @@ class QuestionResult(BaseModel):
     prompt_tokens: int
     output_token_ids: list[int]
     error: str | None = None
+    execution: dict[str, Any] | None = None  # coding tasks: sandbox verdicts (base, plus, error, wall_s)
 
 
 class Score(BaseModel):
@@ -49,6 +50,18 @@ class Score(BaseModel):
 class TaskTypeScore(Score):
     tasks: int
     macro_accuracy: float
+
+
+class CodingScore(BaseModel):
+    """pass@1 of one coding task (greedy: one sample per problem) on base and base+plus tests, as EvalPlus."""
+
+    n: int
+    pass_base: int
+    pass1_base: float
+    n_plus: int
+    pass_plus: int | None
+    pass1_plus: float | None
+    verdicts: dict[str, int]
 
 
 class EvalSummary(BaseModel):
@@ -77,6 +90,8 @@ class EvalSummary(BaseModel):
     data_issues: int
     scoring_errors: int
     notes: list[str]
+    coding: dict[str, CodingScore] = {}
+    sandbox: dict[str, Any] | None = None  # coding tasks: options, limits and the isolation that held
 
     def comparable_with(self, other: EvalSummary) -> bool:
         """Same questions and prompts (eval-set digest, condition, system prompt)?"""
@@ -110,3 +125,17 @@ def aggregate(results: Sequence[QuestionResult]) -> tuple[Score, dict[str, TaskT
 
 def finish_reason_counts(results: Iterable[QuestionResult]) -> dict[str, int]:
     return dict(sorted(Counter(r.finish_reason for r in results).items()))
+
+
+def coding_type_scores(summary: EvalSummary) -> dict[str, dict[str, float | None]]:
+    """pass@1 per coding task type, over all its problems: {"pass1_base": ..., "pass1_plus": ... or None}."""
+    by_type: dict[str, list[CodingScore]] = defaultdict(list)
+    for task, score in summary.coding.items():
+        by_type[task.rpartition("/")[0]].append(score)
+    out: dict[str, dict[str, float | None]] = {}
+    for task_type, scores in sorted(by_type.items()):
+        n = sum(s.n for s in scores)
+        with_plus = all(s.pass_plus is not None and s.n_plus == s.n for s in scores)
+        out[task_type] = {"pass1_base": sum(s.pass_base for s in scores) / n if n else 0.0,
+                          "pass1_plus": sum(s.pass_plus or 0 for s in scores) / n if n and with_plus else None}
+    return out

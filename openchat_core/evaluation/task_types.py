@@ -14,6 +14,8 @@ from types import MappingProxyType
 from typing import Any
 
 from openchat_core.evaluation import matchers
+from openchat_core.evaluation.coding.extract import extract_solution
+from openchat_core.evaluation.coding.problems import row_problem_error
 from openchat_core.evaluation.matchers import Matcher, MatchResult
 from openchat_core.evaluation.math_answer import ground_truth_answer, match_math
 
@@ -87,14 +89,29 @@ def _validate_math(row: Mapping[str, Any]) -> None:
         raise RowError("_metadata.solution", "must be a string containing a \\boxed{...} final answer")
 
 
+def _validate_humaneval(row: Mapping[str, Any]) -> None:
+    _require_question(row)
+    problem = row_problem_error(row.get("_metadata"))
+    if problem is not None:
+        raise RowError(*problem)
+
+
+def match_humaneval(row: Mapping[str, Any], response: str) -> MatchResult:
+    """HumanEval: the program extracted from the answer (OpenChat's rules); `correct` comes from running it."""
+    code = extract_solution(row["_metadata"], response)
+    return MatchResult(matched=code.matched, answer=code.solution, correct=False)
+
+
 @dataclass(frozen=True)
 class TaskType:
-    """How to check and score the rows of one task type."""
+    """How to check and score the rows of one task type. `executes_code`: the matcher only extracts a
+    program; correctness comes from running it in the sandbox (evaluation/coding)."""
 
     name: str
     matcher: Matcher
     validate_row: Callable[[Mapping[str, Any]], None]
     description: str
+    executes_code: bool = False
 
     def match(self, row: Mapping[str, Any], response: str) -> MatchResult:
         return self.matcher(row, response)
@@ -121,6 +138,9 @@ TASK_TYPES: Mapping[str, TaskType] = MappingProxyType({
                  "MATH few-shot CoT: boxed / 'The answer is' answer, graded with normalisation + sympy"),
         TaskType("demo/exact", matchers.match_exact, _validate_labelled,
                  "exact match: first line of the response equals a label"),
+        TaskType("coding/humaneval", match_humaneval, _validate_humaneval,
+                 "HumanEval/HumanEval+: extracted program run on EvalPlus's base and plus tests in a sandbox",
+                 executes_code=True),
     )
 })
 
@@ -134,11 +154,8 @@ def get_task_type(name: str) -> TaskType:
     try:
         return TASK_TYPES[name]
     except KeyError:
-        hint = ""
-        if name.startswith("coding/"):
-            hint = " Code tasks (HumanEval) need execution-based scoring (evalplus), which this library does not run."
         raise UnknownTaskTypeError(
-            f"unknown task type {name!r}: no matcher scores it.{hint} Known task types: {', '.join(known_task_types())}. "
+            f"unknown task type {name!r}: no matcher scores it. Known task types: {', '.join(known_task_types())}. "
             f"A task type is the folder of the .jsonl file under the eval-data root "
             f"(e.g. <root>/fs_cothub/gsm8k/gsm8k.jsonl has type 'fs_cothub/gsm8k'); exclude it with --eval-sets "
             f"or move the file.") from None

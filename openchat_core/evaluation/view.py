@@ -118,13 +118,42 @@ def _cell(row: ViewRow | None) -> str:
     return "-" if row is None else f"{_pct(row.accuracy)} ({_pct(row.unmatched_rate)})"
 
 
+@dataclass(frozen=True)
+class CodingRow:
+    """A run's pass@1 on one coding task: base (HumanEval) and base + plus tests (HumanEval+; None when not run)."""
+
+    run: str
+    task: str
+    n: int
+    pass1_base: float
+    pass1_plus: float | None
+
+
+def coding_rows(runs: Sequence[RunSummary]) -> list[CodingRow]:
+    return [CodingRow(r.label, task, s.n, s.pass1_base, s.pass1_plus if s.n_plus == s.n else None)
+            for r in runs for task, s in r.summary.coding.items()]
+
+
+def _coding_table(runs: Sequence[RunSummary]) -> list[str]:
+    rows = coding_rows(runs)
+    if not rows:
+        return []
+    body = [[r.run, r.task, str(r.n), _pct(r.pass1_base), _pct(r.pass1_plus)] for r in rows]
+    return ["", "## Coding (pass@1 %)", "", _markdown_table(["run", "task", "problems", "HumanEval (base)", "HumanEval+ (plus)"], body)]
+
+
 def render_markdown(runs: Sequence[RunSummary]) -> str:
-    """Overall table (runs x task types), then one table per task type (tasks x runs); cells: accuracy % (unmatched %)."""
+    """Overall table (runs x task types), then one table per task type (tasks x runs); cells: accuracy % (unmatched %).
+
+    Coding task types appear there too (accuracy = pass@1 on base tests; unmatched = no function
+    found), and once more in a pass@1 table with HumanEval and HumanEval+ side by side.
+    """
     out = ["Cells: accuracy % (unmatched %).", ""]
     out += [f"> {note}\n" for note in comparability_notes(runs)]
     labels, types, cells = _pivot(task_type_rows(runs), "run", "task_type")
     body = [[label] + [_cell(cells.get((label, t))) for t in types] for label in labels]
     out += ["## Task types", "", _markdown_table(["run", *types], body)]
+    out += _coding_table(runs)
     for task_type in types:
         tasks, run_labels, task_cells = _pivot(task_rows(runs, task_type), "task", "run")
         run_labels = [r.label for r in runs if r.label in run_labels]  # keep the order runs were given in

@@ -60,6 +60,9 @@ def _read_requests(path: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    from openchat_core.telemetry import telemetry_defaults
+
+    os.environ.update(telemetry_defaults())  # process start, before vLLM is imported
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU; read when vLLM starts
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     requests = _read_requests(args.requests)

@@ -1,7 +1,9 @@
 """The per-epoch checkpoint format, written atomically.
 
 A checkpoint is a Hugging Face model folder that transformers, vLLM and MLflow load as-is:
-config.json + safetensors (or, for LoRA, a peft adapter on a named base: models/adapters.py), the tokenizer with the model type's `chat_template`, a
+config.json + safetensors (or, for LoRA, a peft adapter on a named base: models/adapters.py), the tokenizer
+with the model type's `chat_template` (model type `chat_template`: the tokenizer's own, with the condition
+options in `openchat.json["template"]`), a
 `generation_config.json` whose eos ids include the template's EOT (so `generate` and vLLM stop at
 the end of a turn), and `openchat.json` (model type, epoch, config, data digest).
 
@@ -46,9 +48,11 @@ def save_checkpoint(out_dir: Path | str, model: PreTrainedModel, tokenizer: PreT
     out = Path(out_dir)
     with publish_folder(out) as partial:
         model.save_pretrained(str(partial), state_dict=state_dict, safe_serialization=True)
-        tokenizer.chat_template = mt.hf_chat_template
+        if mt.hf_chat_template is not None:  # model type chat_template keeps the tokenizer's own
+            tokenizer.chat_template = mt.hf_chat_template
         tokenizer.save_pretrained(str(partial))
-        eos_ids = generation_eos_ids(tokenizer, mt.eot)
+        eot = mt.eot or str(((metadata or {}).get("template") or {}).get("eot") or "")  # chat_template: the template's EOT
+        eos_ids = generation_eos_ids(tokenizer, eot)
         GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids,
                          pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[-1],
                          do_sample=False).save_pretrained(str(partial))
@@ -157,3 +161,13 @@ def list_epoch_checkpoints(root: Path | str) -> list[CheckpointInfo]:
         if is_complete_checkpoint(child):
             found.append(read_checkpoint(child))
     return sorted(found, key=lambda c: c.epoch if c.epoch is not None else -1)
+
+
+def checkpoint_template(model_dir: Path | str, model_type: str, tokenizer: PreTrainedTokenizerBase) -> Any:
+    """The template a checkpoint was trained with: its model type, plus the condition options in `openchat.json`
+    (model type `chat_template`); a folder without `openchat.json` gets the default options."""
+    from openchat_core.templates.specs import load_template, options_from_metadata
+
+    meta_file = Path(model_dir) / METADATA_FILE
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    return load_template(model_type, tokenizer, options_from_metadata(meta), name=str(model_dir))

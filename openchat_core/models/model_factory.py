@@ -6,6 +6,7 @@ with a message saying how to point at a local copy instead.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,25 +19,43 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-SMOLLM2_CACHE_VERSION = "1"
+SMOLLM2_CACHE_VERSION = "2"  # v1 kept the GGUF `quantization_config`: models loaded from it could not be saved
+
+
+def choose_packed_attention(cuda: bool, flash_attn: bool, torch_varlen: bool) -> tuple[str, str]:
+    """(attention, why) for packed rows: flash-attn's varlen kernels when installed on CUDA; else torch's built-in
+    varlen attention on CUDA (no extra package); else `sdpa_varlen` (sdpa per packed sequence; flex_attention has no
+    CPU backward)."""
+    if cuda and flash_attn:
+        return "flash_attention_2", "CUDA with flash-attn installed"
+    if cuda and torch_varlen:
+        return "torch_varlen", "CUDA without flash-attn: torch.nn.attention.varlen (built into torch)"
+    if cuda:
+        return "sdpa_varlen", "CUDA without flash-attn or torch varlen attention: sdpa per packed sequence"
+    return "sdpa_varlen", "no CUDA: sdpa per packed sequence"
 
 
 def default_attn_implementation(training: bool = True) -> str:
-    """The attention for packed training: flash_attention_2 on CUDA when installed (varlen kernels); elsewhere our
-    `sdpa_varlen` (sdpa per packed sequence; flex_attention has no CPU backward). Plain sdpa when not training."""
+    """The attention for packed training (see `choose_packed_attention`, logged once chosen); plain sdpa when not training."""
+    import logging
+
     import torch
     from transformers.utils import is_flash_attn_2_available
 
-    if torch.cuda.is_available() and is_flash_attn_2_available():
-        return "flash_attention_2"
-    return "sdpa_varlen" if training else "sdpa"
+    from openchat_core.models.varlen_attention import torch_varlen_available
+
+    if not training:
+        return "sdpa"
+    name, why = choose_packed_attention(torch.cuda.is_available(), is_flash_attn_2_available(), torch_varlen_available())
+    logging.getLogger(__name__).info("packed attention: %s (%s)", name, why)
+    return name
 
 
 def _prepare_attention(name: str) -> str:
-    if name == "sdpa_varlen":
+    if name in ("sdpa_varlen", "torch_varlen"):
         from openchat_core.models.varlen_attention import register
 
-        register()
+        register(name)
     return name
 
 
@@ -82,23 +101,65 @@ def build_random_model(preset: ModelPreset, tokenizer: PreTrainedTokenizerBase, 
 
 
 def smollm2_model_dir() -> Path:
-    """Convert the SmolLM2 GGUF (Q4_1, dequantised to fp32) into a cached Hugging Face folder, once."""
+    """Convert the SmolLM2 GGUF (Q4_1, dequantised to fp32) into a cached, plain Hugging Face folder, once.
+
+    Plain means what a hub checkpoint holds: no `quantization_config` (the GGUF load leaves one in the
+    config, and transformers then refuses to save every model loaded from the folder), a
+    `generation_config.json` that stops at the template's end of turn, the tokenizer and its chat
+    template. A cached folder that is not plain (made by an older version) is rebuilt.
+    """
     target = cache_root() / "models" / f"smollm2-135m-v{SMOLLM2_CACHE_VERSION}"
-    if (target / "config.json").is_file():
+    if is_plain_model_dir(target):
         return target
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from openchat_core.templates.model_types import get_model_type
 
     gguf = smollm2_gguf_path()
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    plain = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)  # transformers refuses to save GGUF-loaded models
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights below are already dequantised
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
     tokenizer = load_tokenizer("preset:smollm2")
-    plain.generation_config.eos_token_id = tokenizer.eos_token_id
+    eos_ids = generation_eos_ids(tokenizer, get_model_type(MODEL_PRESETS["smollm2-135m"].model_type).eot)
+    plain.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids,
+                                               pad_token_id=tokenizer.pad_token_id)
     with publish_folder(target, shared_cache=True) as staging:
         plain.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
+        if not is_plain_model_dir(staging):
+            raise RuntimeError(f"converting {gguf} gave a folder that is not a plain Hugging Face model ({staging})")
     return target
+
+
+def is_plain_model_dir(path: Path) -> bool:
+    """A complete, unquantised Hugging Face folder: config without `quantization_config`, generation config, tokenizer."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return ("quantization_config" not in config and (path / "generation_config.json").is_file()
+            and (path / "tokenizer.json").is_file() and any(path.glob("*.safetensors")))
+
+
+def check_saveable(model: PreTrainedModel, source: str | os.PathLike[str]) -> None:
+    """Fail at load time, not at the first checkpoint after minutes of training, when transformers cannot save `model`.
+
+    That is the case for models loaded with a non-serialisable quantizer, such as a folder whose
+    config.json carries `quantization_config: {quant_method: gguf}`.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None or quantizer.is_serializable():
+        return
+    method = quantizer.quantization_config.quant_method
+    raise ValueError(
+        f"{source}: the model loads as quantized with {getattr(method, 'value', method)} (config.json has a "
+        f"`quantization_config`), and transformers cannot save such a model, so training could not write a checkpoint. "
+        f"Use a plain (dequantised) Hugging Face folder: drop `quantization_config` from config.json if the weights are "
+        f"already dequantised, or convert the model to a plain folder first.")
 
 
 def local_model_dir(path_or_preset: str | os.PathLike[str]) -> Path | None:
@@ -127,6 +188,7 @@ def load_base_model(path_or_preset: str | os.PathLike[str], *, seed: int = 0, dt
     path = smollm2_model_dir() if preset is not None else Path(path_or_preset).expanduser()
     _check_local_folder(path)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype), attn_implementation=attn, local_files_only=True)
+    check_saveable(model, path_or_preset)
     return model, load_tokenizer(path)
 
 

@@ -1,4 +1,8 @@
-"""`sdpa_varlen`: variable-length attention for packed rows, built from torch's sdpa, for CPUs and GPUs without flash-attn.
+"""Variable-length attention for packed rows without flash-attn: `torch_varlen` (CUDA) and `sdpa_varlen` (everywhere).
+
+`torch_varlen` wraps torch's own `torch.nn.attention.varlen.varlen_attn` (flash/cuDNN kernels
+shipped inside the CUDA torch wheel, cu_seqlens like flash-attn's): no extra package, so GPU
+machines without a CUDA toolchain (flash-attn is an sdist) still get varlen kernels.
 
 A packed row holds several sequences back to back. Stock sdpa attends over the whole row with a
 block-diagonal mask, which still computes the full T x T score matrix: on a 2048-token row of
@@ -17,6 +21,55 @@ from __future__ import annotations
 from typing import Any
 
 NAME = "sdpa_varlen"
+TORCH_VARLEN = "torch_varlen"
+
+
+def torch_varlen_available() -> bool:
+    """torch's built-in varlen attention exists in this torch and CUDA is present (its kernels are CUDA-only)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cu_seqlens(position_ids: Any, length: int) -> tuple[Any, int]:
+    """Cumulative sequence starts (int32, as flash-style kernels take them) and the longest sequence, from position-id restarts."""
+    import torch
+
+    flat = position_ids.reshape(-1)[:length]
+    starts = torch.nonzero(flat == 0).flatten()
+    if starts.numel() == 0 or int(starts[0]) != 0:
+        starts = torch.cat([torch.zeros(1, dtype=starts.dtype, device=starts.device), starts])
+    bounds = torch.cat([starts, torch.tensor([length], dtype=starts.dtype, device=starts.device)]).to(torch.int32)
+    return bounds, int((bounds[1:] - bounds[:-1]).max())
+
+
+def torch_varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
+                           scaling: float | None = None, **kwargs: Any) -> tuple[Any, None]:
+    """One packed row through torch's varlen kernel: (1, H, T, D) -> (1, T, H, D), causal within each sequence."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    if query.shape[0] != 1 or attention_mask is not None or query.shape[2] != key.shape[2]:
+        raise NotImplementedError(f"{TORCH_VARLEN} handles one packed row without padding or KV cache (the trainer's batches); "
+                                  f"use attn_implementation='sdpa' for padded batches or generation")
+    if dropout and module.training:
+        raise NotImplementedError(f"{TORCH_VARLEN} has no attention dropout; set the model's attention_dropout to 0")
+    length = query.shape[2]
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None:
+        import torch
+
+        position_ids = torch.arange(length, device=query.device)
+    cu, longest = cu_seqlens(position_ids, length)
+    q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # (T, H, D)
+    out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, window_size=(-1, 0),
+                      enable_gqa=k.shape[1] != q.shape[1])
+    return out.unsqueeze(0), None
 
 
 def sdpa_varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
@@ -47,9 +100,9 @@ def sdpa_varlen_attention(module: Any, query: Any, key: Any, value: Any, attenti
     return out.transpose(1, 2).contiguous(), None
 
 
-def register() -> str:
-    """Make `attn_implementation="sdpa_varlen"` available to transformers models (idempotent); returns the name."""
+def register(name: str = NAME) -> str:
+    """Make `attn_implementation=name` (sdpa_varlen or torch_varlen) available to transformers models (idempotent)."""
     from transformers import AttentionInterface
 
-    AttentionInterface.register(NAME, sdpa_varlen_attention)
-    return NAME
+    AttentionInterface.register(name, {NAME: sdpa_varlen_attention, TORCH_VARLEN: torch_varlen_attention}[name])
+    return name

@@ -35,12 +35,12 @@ class OpenChatChatModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         from openchat_core.evaluation.transformers_generator import TransformersGenerator
-        from openchat_core.templates.conversation import ConversationTemplate
+        from openchat_core.models.checkpoint import checkpoint_template
         from openchat_core.models.checkpoint import read_checkpoint
 
         path = context.artifacts[CHECKPOINT_ARTIFACT]
         self.generator = TransformersGenerator.from_checkpoint(path)
-        self.template = ConversationTemplate.from_tokenizer(read_checkpoint(path).model_type, self.generator.tokenizer)
+        self.template = checkpoint_template(path, read_checkpoint(path).model_type, self.generator.tokenizer)
 
     def predict(self, context: Any, model_input: list[dict[str, Any]], params: dict[str, Any] | None = None) -> list[str]:
         rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)

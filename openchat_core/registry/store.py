@@ -13,7 +13,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from openchat_core.models.checkpoint import is_adapter_checkpoint
 from openchat_core.templates.tokenizers import cache_root
@@ -26,8 +26,35 @@ MAX_LOG = 20  # entries kept in the JSON tags (MLflow tag values are size-limite
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
+_T = TypeVar("_T")
+# MLflow error codes that a later attempt may not see (server busy, restarting, timed out).
+_TRANSIENT_CODES = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED",
+                              "ABORTED", "CANCELLED", "UNAVAILABLE"})
+
+
 class RegistryError(RuntimeError):
     """A registry operation cannot proceed (unknown model/alias/version, nothing to roll back to, ...)."""
+
+
+class RegistryReadError(RegistryError):
+    """Reading registry state failed for a reason other than "not there": the state is unknown, so nothing may be decided."""
+
+
+class RegistryUnavailable(RegistryReadError, ConnectionError):
+    """A read failed in a way a retry may fix (server error or unreachable); a ConnectionError, so IO-retrying tasks retry it."""
+
+
+def is_absent(exc: BaseException) -> bool:
+    """MLflow's "no such registered model / version / alias": the only error that means the thing is not there."""
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def read_failure(what: str, exc: BaseException) -> RegistryReadError:
+    """The error to raise when reading `what` failed with `exc` (which is not "absent")."""
+    code = getattr(exc, "error_code", None)
+    message = f"could not read {what}: {type(exc).__name__}: {exc}"
+    transient = code in _TRANSIENT_CODES or isinstance(exc, (OSError, TimeoutError))
+    return (RegistryUnavailable if transient else RegistryReadError)(message)
 
 
 @dataclass(frozen=True)
@@ -55,12 +82,22 @@ class ModelRegistry:
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     # -- reading ------------------------------------------------------------------------------------
-    def _aliases(self) -> dict[str, str]:
-        """alias -> version for this model, in one registry call (empty when the model does not exist yet)."""
+    def _read(self, what: str, call: Callable[[], _T], absent: _T) -> _T:
+        """`call()`, or `absent` when MLflow says the thing does not exist; any other failure raises (never "nothing there")."""
         try:
-            return {alias: str(v) for alias, v in (self.client.get_registered_model(self.name).aliases or {}).items()}
-        except Exception:  # noqa: BLE001 - MLflow raises a generic RestException for a missing model
-            return {}
+            return call()
+        except Exception as exc:  # noqa: BLE001 - MLflow raises one exception type for every failure; classified here
+            if is_absent(exc):
+                return absent
+            raise read_failure(f"{what} of registered model {self.name!r} from {self.tracking_uri}", exc) from exc
+
+    def _registered_model(self) -> Any | None:
+        return self._read("the registered model", lambda: self.client.get_registered_model(self.name), None)
+
+    def _aliases(self) -> dict[str, str]:
+        """alias -> version for this model, in one registry call (empty only when the model does not exist yet)."""
+        model = self._registered_model()
+        return {alias: str(v) for alias, v in ((model.aliases if model else None) or {}).items()}
 
     def _info(self, mv: Any, aliases: dict[str, str]) -> VersionInfo:
         held = tuple(a for a in (CHAMPION, CHALLENGER) if aliases.get(a) == str(mv.version))
@@ -74,29 +111,25 @@ class ModelRegistry:
         return self._info(self.client.get_model_version(self.name, aliases[alias]), aliases) if alias in aliases else None
 
     def version(self, version: str | int) -> VersionInfo:
-        try:
-            return self._info(self.client.get_model_version(self.name, str(version)), self._aliases())
-        except Exception as e:  # noqa: BLE001
-            raise RegistryError(f"registered model {self.name!r} has no version {version}") from e
+        found = self._read(f"version {version}", lambda: self.client.get_model_version(self.name, str(version)), None)
+        if found is None:
+            raise RegistryError(f"registered model {self.name!r} has no version {version}")
+        return self._info(found, self._aliases())
 
     def versions(self) -> list[VersionInfo]:
-        found = self.client.search_model_versions(f"name = '{self.name}'")
+        found = self._read("the versions", lambda: self.client.search_model_versions(f"name = '{self.name}'"), [])
         aliases = self._aliases()
         return sorted((self._info(mv, aliases) for mv in found), key=lambda v: int(v.version))
 
     def find_by_tag(self, key: str, value: str) -> VersionInfo | None:
         """The newest version whose tag `key` equals `value` (e.g. the same weights digest)."""
-        try:
-            found = self.client.search_model_versions(f"name = '{self.name}' and tag.`{key}` = '{value}'")
-        except Exception:  # noqa: BLE001 - no such registered model yet
-            return None
+        query = f"name = '{self.name}' and tag.`{key}` = '{value}'"
+        found = self._read(f"the versions tagged {key}={value}", lambda: self.client.search_model_versions(query), [])
         return self._info(max(found, key=lambda mv: int(mv.version)), self._aliases()) if found else None
 
     def registered_tags(self) -> dict[str, str]:
-        try:
-            return dict(self.client.get_registered_model(self.name).tags or {})
-        except Exception:  # noqa: BLE001
-            return {}
+        model = self._registered_model()
+        return dict((model.tags if model else None) or {})
 
     def champion_history(self) -> list[str]:
         return json.loads(self.registered_tags().get(HISTORY_TAG, "[]"))

@@ -11,6 +11,11 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    from openchat_core.telemetry import telemetry_defaults
+
+    os.environ.update(telemetry_defaults())  # process start, before vLLM is imported (it reads its switch then)
     from openchat_core.serving.server import STARTUP_FAILED_EXIT, ServerStartupError, serve
     from openchat_core.serving.settings import settings_from_args
 

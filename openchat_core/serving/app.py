@@ -9,7 +9,8 @@ makes start-up fail (uvicorn exits non-zero), which is what a deploy step wants 
 Middleware, outermost first: CORS (only if `allowed_origins`), accounting (metrics + request
 log; counts 401s too), auth (API keys; admin key on /admin/*; /health open).
 
-Routes: POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /health (liveness),
+Routes: POST /v1/chat/completions, POST /v1/completions (echo + logprobs: log-likelihood scoring),
+POST /tokenize, POST /detokenize, GET /tokenizer_info (vLLM's shapes), GET /v1/models, GET /v1/models/{id}, GET /health (liveness),
 GET /ready (a model is live and its engine healthy), GET /metrics (Prometheus),
 POST /admin/load and GET /admin/status (model switch; see `runtime.ModelManager`),
 GET /openapi.json (guarded like the API).
@@ -31,6 +32,7 @@ from fastapi.responses import Response
 from openchat_core import __version__
 from openchat_core.serving.auth import OPEN_PATHS, AuthMiddleware
 from openchat_core.serving.chat import ChatService
+from openchat_core.serving.completions import CompletionService
 from openchat_core.serving.errors import OpenAIError, install_error_handlers
 from openchat_core.serving.metrics import LOG_STATE_KEY, AccountingMiddleware, ServingMetrics
 from openchat_core.serving.protocol import (
@@ -39,11 +41,18 @@ from openchat_core.serving.protocol import (
     AdminStatusResponse,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ErrorResponse,
     HealthResponse,
     ModelCard,
     ModelList,
     ReadyResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+    TokenizerInfo,
 )
 from openchat_core.serving.request_log import RequestLog
 from openchat_core.serving.runtime import (
@@ -56,6 +65,7 @@ from openchat_core.serving.runtime import (
     default_engine_factory,
 )
 from openchat_core.serving.settings import ServeSettings
+from openchat_core.serving.tokenization import detokenize, tokenize, tokenizer_info
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid request (body, values, context length)."},
@@ -79,6 +89,32 @@ def build_router() -> APIRouter:
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         """OpenAI chat completions plus OpenChat's `condition` (see openchat_core.serving.chat)."""
         return await request.app.state.chat.create(body, request)
+
+    @router.post("/v1/completions", response_model=None, responses={
+        200: {"model": CompletionResponse, "content": {"text/event-stream": {}},
+              "description": "A completion, or server-sent chunks ending with `data: [DONE]` when stream is true."},
+        **_ERRORS,
+        404: {"model": ErrorResponse, "description": "Unknown model name."},
+        503: {"model": ErrorResponse, "description": "No model is live, or its engine is down."}})
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        """OpenAI (legacy) completions: text or token-id prompts, echo, logprobs (see openchat_core.serving.completions)."""
+        return await request.app.state.completions.create(body, request)
+
+    @router.post("/tokenize", response_model=TokenizeResponse,
+                 responses={**_ERRORS, 404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    async def tokenize_route(body: TokenizeRequest, request: Request) -> TokenizeResponse:
+        """Token ids of a text prompt (as /v1/completions sees it) or of chat messages (as the chat route renders them)."""
+        return tokenize(body, _live(request), request.app.state.settings.enable_system_prompt)
+
+    @router.post("/detokenize", response_model=DetokenizeResponse,
+                 responses={**_ERRORS, 404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    async def detokenize_route(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
+        return detokenize(body, _live(request))
+
+    @router.get("/tokenizer_info", response_model=TokenizerInfo, responses={**_ERRORS, 503: {"model": ErrorResponse}})
+    async def tokenizer_info_route(request: Request) -> TokenizerInfo:
+        """Special tokens and context size (lm-eval's remote tokenizer reads it)."""
+        return tokenizer_info(_live(request))
 
     @router.get("/v1/models", response_model=ModelList, responses={**_ERRORS, 503: {"model": ErrorResponse}})
     async def list_models(request: Request) -> ModelList:
@@ -213,6 +249,7 @@ def build_app(settings: ServeSettings, *, engine_factory: EngineFactory | None =
     app.state.metrics = metrics
     app.state.request_log = request_log
     app.state.chat = ChatService(settings, manager, metrics)
+    app.state.completions = CompletionService(settings, manager, metrics)
     install_error_handlers(app)
     app.include_router(build_router())
     app.add_middleware(AuthMiddleware, api_keys=settings.api_key_values(), admin_key=settings.admin_key_value())

@@ -33,11 +33,11 @@ class ServingMetrics:
         self.requests = Counter("openchat_requests", "HTTP requests by route and status.", ["route", "status"], registry=r)
         self.latency = Histogram("openchat_request_latency_seconds", "Time from request to last response byte.",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("openchat_time_to_first_token_seconds", "Time to the first generated token (chat).",
+        self.ttft = Histogram("openchat_time_to_first_token_seconds", "Time to the first generated token (chat and completions).",
                               buckets=LATENCY_BUCKETS, registry=r)
-        self.prompt_tokens = Counter("openchat_prompt_tokens", "Prompt tokens of chat completions.", registry=r)
-        self.completion_tokens = Counter("openchat_completion_tokens", "Generated tokens of chat completions.", registry=r)
-        self.in_flight = Gauge("openchat_requests_in_flight", "Chat completions being generated.", registry=r)
+        self.prompt_tokens = Counter("openchat_prompt_tokens", "Prompt tokens of chat completions and completions.", registry=r)
+        self.completion_tokens = Counter("openchat_completion_tokens", "Generated tokens of chat completions and completions.", registry=r)
+        self.in_flight = Gauge("openchat_requests_in_flight", "Chat completions and completions being generated.", registry=r)
         self.model_info = Gauge("openchat_model_info", "The live model (value 1).",
                                 ["served_name", "model_type", "registry_version", "engine"], registry=r)
         self.switches = Counter("openchat_model_switches", "Model switch attempts by result.", ["result"], registry=r)
@@ -60,7 +60,7 @@ class AccountingMiddleware:
     """Times requests, counts them by route/status, and writes one request-log line per logged route."""
 
     def __init__(self, app: ASGIApp, metrics: ServingMetrics, request_log: RequestLog | None,
-                 logged_prefixes: tuple[str, ...] = ("/v1/", "/admin/")) -> None:
+                 logged_prefixes: tuple[str, ...] = ("/v1/", "/admin/", "/tokenize", "/detokenize")) -> None:
         self.app = app
         self.metrics = metrics
         self.request_log = request_log

@@ -72,6 +72,7 @@ class ModelRuntime:
     served_name: str
     stop_token_ids: tuple[int, ...]
     special_tokens: tuple[str, ...]
+    tokenizer: Any = None  # the checkpoint's Hugging Face tokenizer (completions, /tokenize, logprob token texts)
     created: int = field(default_factory=lambda: int(time.time()))
     in_flight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -175,15 +176,15 @@ def check_safetensors(model_dir: Path) -> None:
             raise ModelLoadError("load", f"{path.name} is not a valid safetensors file: {exc}") from exc
 
 
-def _load_template(model_dir: Path, model_type: ModelType) -> tuple[Any, tuple[str, ...]]:
-    from openchat_core.templates.conversation import ConversationTemplate
+def _load_template(model_dir: Path, model_type: ModelType) -> tuple[Any, tuple[str, ...], Any]:
+    from openchat_core.models.checkpoint import checkpoint_template
     from openchat_core.templates.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
-    template = ConversationTemplate.from_tokenizer(model_type, tokenizer)
+    template = checkpoint_template(model_dir, model_type.name, tokenizer)
     specials = tuple(t for t in tokenizer.all_special_tokens if t)
     added = tuple(t.content for t in tokenizer.added_tokens_decoder.values() if getattr(t, "special", False))
-    return template, tuple(dict.fromkeys((*specials, *added)))
+    return template, tuple(dict.fromkeys((*specials, *added))), tokenizer
 
 
 async def load_runtime(spec: ModelSpec, settings: ServeSettings, engine_factory: EngineFactory) -> ModelRuntime:
@@ -208,7 +209,7 @@ async def load_runtime(spec: ModelSpec, settings: ServeSettings, engine_factory:
         raise ModelLoadError("load", str(exc.args[0])) from exc
     await asyncio.to_thread(check_safetensors, model_dir)
     try:
-        template, special_tokens = await asyncio.to_thread(_load_template, model_dir, model_type)
+        template, special_tokens, tokenizer = await asyncio.to_thread(_load_template, model_dir, model_type)
     except Exception as exc:
         raise ModelLoadError("load", f"cannot load the tokenizer from {model_dir}: {exc}") from exc
     gen = _read_json(model_dir / "generation_config.json")
@@ -225,7 +226,8 @@ async def load_runtime(spec: ModelSpec, settings: ServeSettings, engine_factory:
         raise ModelLoadError("load", f"the {kind} engine failed to start on {model_dir}: {type(exc).__name__}: {exc}") from exc
     served = spec.served_name or model_type.name
     return ModelRuntime(spec=spec, engine=engine, engine_kind=kind, template=template, model_type=model_type,
-                        served_name=served, stop_token_ids=stop_ids, special_tokens=special_tokens)
+                        served_name=served, stop_token_ids=stop_ids, special_tokens=special_tokens,
+                        tokenizer=tokenizer)
 
 
 async def _quiet_shutdown(engine: Engine) -> None:

@@ -17,7 +17,7 @@ and EOT ids) as plain data, so worker processes rebuild the template with `token
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from openchat_core.templates.model_types import ModelType, get_model_type
@@ -42,7 +42,9 @@ class MissingSpecialTokenError(ValueError):
 
 @dataclass(frozen=True)
 class TemplateSpec:
-    """Plain-data description of a template + tokenizer pair (picklable, hashable by fingerprint)."""
+    """Plain-data description of a template + tokenizer pair (picklable, hashable by fingerprint).
+
+    `templates.specs.template_spec` picks this or `ChatTemplateSpec` (model type `chat_template`)."""""
 
     model_type: ModelType
     tokenizer_json: str
@@ -60,6 +62,15 @@ class TemplateSpec:
             eot_ids=tuple(tokenizer(mt.eot, add_special_tokens=False).input_ids),
         )
 
+    def build(self) -> ConversationTemplate:
+        return ConversationTemplate(self)
+
+    def metadata(self) -> dict[str, Any]:
+        """What the tokens file records about the template."""
+        mt = self.model_type
+        return {"eot": mt.eot, "role_prefix": asdict(mt.role_prefix), "system_as_role": mt.system_as_role,
+                "bos_ids": list(self.bos_ids), "eot_ids": list(self.eot_ids)}
+
 
 def check_special_tokens(model_type: ModelType, tokenizer: PreTrainedTokenizerBase) -> None:
     """Fail early, with a fix, when the template's special tokens are not single tokens of this tokenizer."""
@@ -73,7 +84,7 @@ def check_special_tokens(model_type: ModelType, tokenizer: PreTrainedTokenizerBa
             f"matches this tokenizer.")
 
 
-def _conversation_fields(conv: Any) -> tuple[Sequence[Mapping[str, Any]], str, str]:
+def conversation_fields(conv: Any) -> tuple[Sequence[Mapping[str, Any]], str, str]:
     if isinstance(conv, Mapping):
         return conv["items"], conv.get("condition") or "", conv.get("system") or ""
     return [m.model_dump() for m in conv.items], conv.condition or "", conv.system or ""
@@ -118,7 +129,7 @@ class ConversationTemplate:
     def segments(self, conversations: Iterable[Any], inference: bool = False,
                  per_sequence_loss: bool = False) -> list[list[tuple[list[int], float]]]:
         """Per conversation, its ordered (token ids, weight) segments; weights are float64 as in OpenChat."""
-        convs = [_conversation_fields(c) for c in conversations]
+        convs = [conversation_fields(c) for c in conversations]
         texts: list[str] = []
         systems: list[str] = []
         for items, _, system in convs:

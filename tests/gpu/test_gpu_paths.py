@@ -58,3 +58,35 @@ def test_bf16_deepspeed_training_on_gpu_lowers_loss(tmp_path, mistral_tokenizer)
     first = np.mean([r["train/loss"] for r in log if r["epoch"] == 0])
     last = np.mean([r["train/loss"] for r in log if r["epoch"] == 2])
     assert last < 0.7 * first
+
+
+def test_torch_varlen_packed_equals_per_sequence_with_gradients(mistral_tokenizer):
+    """torch's built-in varlen attention (the choice on CUDA without flash-attn): packed == per-sequence, forward and backward.
+    CPU counterpart: tests/unit/test_training_math.py (sdpa_varlen, the CPU path, checked the same way)."""
+    import torch
+
+    from openchat_core.training.data import PackedBatch
+    from openchat_core.training.loss import packed_forward
+    from openchat_core.models.model_factory import build_random_model
+    from openchat_core.models.presets import MODEL_PRESETS
+    from openchat_core.models.varlen_attention import register, torch_varlen_available
+
+    assert torch_varlen_available(), "CUDA torch without torch.nn.attention.varlen: the 7B configs would fall back to sdpa_varlen"
+    register("torch_varlen")
+    model = build_random_model(MODEL_PRESETS["tiny-mistral"], mistral_tokenizer, seed=0, dtype="bfloat16",
+                               attn_implementation="torch_varlen").cuda()
+    reference = build_random_model(MODEL_PRESETS["tiny-mistral"], mistral_tokenizer, seed=0, dtype="bfloat16",
+                                   attn_implementation="sdpa").cuda()
+    rng = np.random.default_rng(0)
+    lens = [17, 64, 5, 130]
+    ids = torch.tensor(rng.integers(3, 32000, sum(lens))).unsqueeze(0).cuda()
+    pos = torch.tensor(np.concatenate([np.arange(n) for n in lens])).unsqueeze(0).cuda()
+    batch = PackedBatch(ids, pos, ids[0], torch.ones(sum(lens), device="cuda"), lens)
+    packed = packed_forward(model, batch).logits[0].float()
+    starts = np.cumsum([0] + lens)
+    separate = torch.cat([reference(input_ids=ids[:, s:e], use_cache=False).logits[0].float() for s, e in zip(starts[:-1], starts[1:])])
+    assert torch.allclose(packed, separate, atol=3e-2)  # bf16 kernels
+    packed.sum().backward()
+    separate.sum().backward()
+    for (name, a), b in zip(model.named_parameters(), reference.parameters()):
+        assert torch.allclose(a.grad.float(), b.grad.float(), atol=5e-2, rtol=5e-2), name

@@ -21,6 +21,7 @@ def test_data_flow_builds_all_stages_then_hits_caches(prefect_harness, tmp_path,
     from prefect.client.orchestration import get_client
 
     from flows.data import data_flow
+    from openchat_core.data.pretokenize import read_metadata
 
     cfg = _config(tmp_path, demo_data_dir)
     first = data_flow(str(cfg))
@@ -40,6 +41,15 @@ def test_data_flow_builds_all_stages_then_hits_caches(prefect_harness, tmp_path,
 
     changed = data_flow(str(cfg), ["weights.condition_weights={'GPT4 Correct': 1.0, 'GPT3': 0.2}"])
     assert changed.train.validated.cached and not changed.train.weighted.cached and not changed.train.tokens.cached
+
+    # tokenize.model_type: chat_template (SmolLM2's ChatML); the condition options are part of the cache key and metadata
+    chatml = ["tokenize.model_type=chat_template", "tokenize.tokenizer=preset:smollm2"]
+    rendered = data_flow(str(cfg), chatml)
+    meta = read_metadata(rendered.train.tokens_file)
+    assert rendered.train.weighted.cached and meta["model_type"] == "chat_template"
+    assert meta["template"]["eot"] == "<|im_end|>" and meta["template"]["chat_template_options"]["condition_format"] == "Condition: {condition}"
+    reformatted = data_flow(str(cfg), [*chatml, "tokenize.condition_format='Quality: {condition}'"])
+    assert not reformatted.train.tokens.cached and reformatted.train.tokens.path != rendered.train.tokens.path
 
     import asyncio
 

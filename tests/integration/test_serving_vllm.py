@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -192,9 +193,90 @@ def test_models_list(client):
         client.chat.completions.create(model="gpt-4", messages=USER, max_tokens=2)
 
 
+@pytest.fixture(scope="module")
+def tokenizer():
+    from openchat_core.templates.tokenizers import load_tokenizer
+
+    return load_tokenizer("preset:mistral")
+
+
+def test_completions_echo_and_logprobs_as_log_likelihood_scoring_needs(client, tokenizer):
+    ids = [1, 22557, 1526, 28723]
+    scored = client.completions.create(model="tiny", prompt=ids, echo=True, logprobs=2, max_tokens=3, temperature=0)
+    choice = scored.choices[0]
+    lp = choice.logprobs
+    generated = scored.usage.completion_tokens
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(ids) + generated
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert all(v is not None and v <= 0 for v in lp.token_logprobs[1:])
+    for own, top in zip(lp.token_logprobs[1:], lp.top_logprobs[1:]):
+        assert 2 <= len(top) <= 3 and max(top.values()) >= own - 1e-6  # top 2, plus the token when it is not in them
+    for own, top in zip(lp.token_logprobs[len(ids):], lp.top_logprobs[len(ids):]):
+        assert own == pytest.approx(max(top.values()))  # greedy picks the most likely token
+    assert choice.text.startswith(tokenizer.decode(ids))
+    prompt_only = client.completions.create(model="tiny", prompt=ids, echo=True, logprobs=0, max_tokens=0)
+    assert prompt_only.usage.completion_tokens == 0 and prompt_only.choices[0].text == tokenizer.decode(ids)
+    assert prompt_only.choices[0].logprobs.token_logprobs == pytest.approx(lp.token_logprobs[:len(ids)], abs=1e-4)
+
+
+def test_completions_batches_choices_seeds_and_streams(client):
+    batch = client.completions.create(model="tiny", prompt=["Hello", "The sky is"], n=2, max_tokens=4, temperature=1.0,
+                                      seed=11)
+    assert [c.index for c in batch.choices] == [0, 1, 2, 3]
+    again = client.completions.create(model="tiny", prompt=["Hello", "The sky is"], n=2, max_tokens=4, temperature=1.0,
+                                      seed=11)
+    assert [c.text for c in again.choices] == [c.text for c in batch.choices]  # a seed makes sampling reproducible
+    plain = client.completions.create(model="tiny", prompt="Hello", max_tokens=6, temperature=0, stop=["zzz"])
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="tiny", prompt="Hello", max_tokens=6, temperature=0, stop=["zzz"], stream=True) if c.choices)
+    assert streamed == plain.choices[0].text and plain.usage.completion_tokens >= 1
+
+
+def test_chat_logprobs_in_openai_shape(client):
+    response = client.chat.completions.create(model="tiny", messages=USER, max_tokens=5, temperature=0, logprobs=True,
+                                              top_logprobs=3)
+    content = response.choices[0].logprobs.content
+    assert len(content) == response.usage.completion_tokens
+    assert "".join(t.token for t in content).strip().startswith(response.choices[0].message.content.strip()[:3])
+    for token in content:
+        assert len(token.top_logprobs) == 3 and token.logprob == pytest.approx(token.top_logprobs[0].logprob)
+        assert bytes(token.bytes) == token.token.encode()
+
+
+def test_json_schema_output_is_valid_json_for_the_schema(client):
+    import jsonschema
+    from pydantic import BaseModel
+
+    class Verdict(BaseModel):
+        answer: Literal["yes", "no"]
+        confident: bool  # bounded fields: an unbounded integer lets a random model emit digits forever
+
+    parsed = client.chat.completions.parse(model="tiny", messages=USER, max_tokens=300, temperature=0,
+                                           response_format=Verdict)
+    choice = parsed.choices[0]
+    assert choice.finish_reason == "stop" and isinstance(choice.message.parsed, Verdict)
+    schema = {"type": "object", "properties": {"colors": {"type": "array", "items": {"enum": ["red", "blue"]},
+                                                          "minItems": 1, "maxItems": 2}},
+              "required": ["colors"], "additionalProperties": False}
+    raw = client.chat.completions.create(model="tiny", messages=USER, max_tokens=300, temperature=0.7, seed=3,
+                                         response_format={"type": "json_schema",
+                                                          "json_schema": {"name": "colors", "schema": schema}})
+    jsonschema.validate(json.loads(raw.choices[0].message.content), schema)
+
+
+def test_tokenize_and_detokenize_routes(server, template):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    rendered = httpx.post(f"{server.url}/tokenize", headers=headers, json={"model": "tiny", "messages": USER}).json()
+    assert rendered["tokens"] == template.prompt_ids(USER) and rendered["max_model_len"] == MAX_LEN
+    text = httpx.post(f"{server.url}/detokenize", headers=headers, json={"tokens": [22557, 1526]}).json()
+    assert text == {"prompt": "Hello world"}
+    assert httpx.post(f"{server.url}/tokenize", json={"prompt": "x"}).status_code == 401
+
+
 def test_metrics_and_request_log(server, tmp_path_factory):
     metrics = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     assert 'openchat_requests_total{route="/v1/chat/completions",status="200"}' in metrics
+    assert 'openchat_requests_total{route="/v1/completions",status="200"}' in metrics
     assert "openchat_completion_tokens_total" in metrics
     log_file = next(Path(tmp_path_factory.getbasetemp()).glob("serving-logs*/requests.jsonl"))
     records = [json.loads(line) for line in log_file.read_text().splitlines()]
@@ -266,5 +348,14 @@ def test_transformers_engine_in_the_serving_env(serve_python, checkpoints, tmp_p
                                                      temperature=0.8)
         assert len(response.choices) == 2 and response.usage.completion_tokens >= 2
         assert handle.engine == "transformers"
+        ids = [1, 22557, 1526, 28723]  # this engine computes logprobs too: log-likelihood scoring works on it
+        scored = tf_client.completions.create(model="openchat_3.5", prompt=[ids, ids[:2]], echo=True, logprobs=1,
+                                              max_tokens=0)
+        first, second = (c.logprobs.token_logprobs for c in scored.choices)
+        assert first[0] is None and second[0] is None and len(first) == 4 and len(second) == 2
+        assert second[1] == pytest.approx(first[1], abs=1e-4) and all(v <= 0 for v in first[1:])
+        with pytest.raises(openai.BadRequestError, match="needs the vllm engine"):
+            tf_client.chat.completions.create(model="openchat_3.5", messages=USER, max_tokens=5,
+                                              response_format={"type": "json_object"})
     finally:
         stop_server(handle.pid)

@@ -15,10 +15,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openchat_core.serving.engines.base import Delta, EngineConfig, EngineUnavailableError, SamplingOptions
+from openchat_core.serving.engines.base import (
+    Delta,
+    EngineConfig,
+    EngineRequestError,
+    EngineUnavailableError,
+    SamplingOptions,
+    TokenLogprob,
+)
 from openchat_core.serving.engines.text import ChoiceText
 
 REPLY = "Hello there, friend"
+
+
+def fake_logprob(position: int, token_id: int, k: int) -> TokenLogprob:
+    """What the fake "model" scores `token_id` at `position`: -0.5 - position/10, with k runner-ups below it."""
+    own = -0.5 - position / 10
+    return TokenLogprob(token_id, own, tuple((token_id + j, own - j) for j in range(k)))
 
 
 def make_tokenizer_checkpoint(folder: Path, tokenizer: Any, model_type: str = "openchat_3.5",
@@ -43,10 +56,12 @@ class Call:
 
 class FakeEngine:
     name = "fake"
+    supports_structured_output = True  # records the constraint; `structured=False` plays the transformers engine
 
     def __init__(self, config: EngineConfig, *, reply: Callable[[int], str] | str = REPLY, delay: float = 0.0,
                  fail_start: Exception | None = None, fail_generate: Exception | None = None,
-                 tokens_before_failure: int = 0, silent: bool = False, fail_smoke: bool = False) -> None:
+                 tokens_before_failure: int = 0, silent: bool = False, fail_smoke: bool = False,
+                 structured: bool = True) -> None:
         self.config = config
         self.reply = reply
         self.delay = delay
@@ -55,6 +70,7 @@ class FakeEngine:
         self.tokens_before_failure = tokens_before_failure
         self.silent = silent  # finish without producing a token (a broken model)
         self.fail_smoke = fail_smoke  # apply fail_generate/silent to the smoke test too (else only to clients)
+        self.supports_structured_output = structured
         self.calls: list[Call] = []
         self.aborted: list[str] = []
         self.started = False
@@ -92,6 +108,8 @@ class FakeEngine:
     async def generate(self, request_id: str, prompt_ids: list[int], options: SamplingOptions) -> AsyncIterator[Delta]:
         if not self.ready:
             raise EngineUnavailableError("fake engine is not running")
+        if options.structured is not None and not self.supports_structured_output:
+            raise EngineRequestError("structured output is not supported by this engine")
         self.calls.append(Call(request_id, list(prompt_ids), options))
         self.active.add(request_id)
         faulty = self.fail_smoke or not request_id.startswith("smoke-")
@@ -108,6 +126,19 @@ class FakeEngine:
             produced = [0] * options.n
             done = [False] * options.n
             step = 0
+            prompt_lps: tuple[TokenLogprob | None, ...] = ()
+            if options.prompt_logprobs is not None:
+                k = options.prompt_logprobs
+                prompt_lps = (None, *(fake_logprob(i, t, k) for i, t in enumerate(prompt_ids[1:], start=1)))
+
+            def delta(index: int, text: str, token: int, reason: Any = None) -> Delta:
+                nonlocal prompt_lps
+                lps = () if options.logprobs is None else (
+                    fake_logprob(len(prompt_ids) + produced[index] - 1, token, options.logprobs),)
+                out = Delta(index, text, (token,), reason, logprobs=lps, prompt_logprobs=prompt_lps)
+                prompt_lps = ()
+                return out
+
             while not all(done):
                 for index, ids, text in choices:
                     if done[index]:
@@ -120,17 +151,17 @@ class FakeEngine:
                     produced[index] += 1
                     if token in options.stop_token_ids:
                         done[index] = True
-                        yield Delta(index, text.finish(), (token,), "stop")
+                        yield delta(index, text.finish(), token, "stop")
                         continue
                     new, stopped = text.push(token)
                     if stopped:
                         done[index] = True
-                        yield Delta(index, new, (token,), "stop")
+                        yield delta(index, new, token, "stop")
                     elif produced[index] >= options.max_tokens or produced[index] >= len(ids):
                         done[index] = True
-                        yield Delta(index, new + text.finish(), (token,), "length")
+                        yield delta(index, new + text.finish(), token, "length")
                     else:
-                        yield Delta(index, new, (token,))
+                        yield delta(index, new, token)
                 step += 1
                 await asyncio.sleep(self.delay)
         finally:

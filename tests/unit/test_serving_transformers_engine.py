@@ -202,6 +202,50 @@ def test_out_of_vocabulary_ids_are_a_request_error(checkpoint):
     assert run_with_engine(checkpoint, scenario) == {0: "length"}  # the engine is still fine
 
 
+def test_logprobs_and_prompt_logprobs_equal_the_models_and_batching_keeps_them(checkpoint):
+    from transformers import AutoModelForCausalLM
+
+    async def scenario(engine):
+        async def run(rid, prompt, **options):
+            deltas = [d async for d in engine.generate(rid, prompt, SamplingOptions(
+                max_tokens=6, stop_token_ids=(), temperature=0.0, **options))]
+            return deltas
+
+        return await asyncio.gather(run("a", PROMPTS[0], logprobs=3, prompt_logprobs=2), run("b", PROMPTS[1]),
+                                    run("c", PROMPTS[2], logprobs=0))
+
+    scored, plain, bare = run_with_engine(checkpoint, scenario)
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint), attn_implementation="sdpa").eval()
+    generated = [t for d in scored for t in d.token_ids]
+    ids = PROMPTS[0] + generated
+    with torch.no_grad():
+        expected = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    prompt_lps = [lp for d in scored for lp in d.prompt_logprobs]
+    assert len(prompt_lps) == len(PROMPTS[0]) and prompt_lps[0] is None
+    for i, entry in enumerate(prompt_lps[1:], start=1):
+        assert entry.token_id == ids[i]
+        assert entry.logprob == pytest.approx(float(expected[i - 1, ids[i]]), abs=1e-4)
+        assert [t for t, _ in entry.top] == expected[i - 1].topk(2).indices.tolist()
+    token_lps = [lp for d in scored for lp in d.logprobs]
+    assert [lp.token_id for lp in token_lps] == generated
+    for j, entry in enumerate(token_lps):
+        row = expected[len(PROMPTS[0]) + j - 1]
+        assert entry.logprob == pytest.approx(float(row[generated[j]]), abs=1e-4)
+        assert entry.top[0][0] == generated[j] and len(entry.top) == 3  # greedy: the token is the most likely
+    assert all(not d.logprobs and not d.prompt_logprobs for d in plain)  # only the rows that asked
+    assert all(len(d.logprobs) == len(d.token_ids) and d.logprobs[0].top == () for d in bare)
+
+
+def test_structured_output_is_refused_naming_the_vllm_engine(checkpoint):
+    from openchat_core.serving.engines.base import StructuredOutput
+
+    async def scenario(engine):
+        with pytest.raises(EngineRequestError, match="needs the vllm engine"):
+            await collect(engine, "s", PROMPTS[1], max_tokens=2, structured=StructuredOutput("json_object"))
+
+    run_with_engine(checkpoint, scenario)
+
+
 def test_a_lora_adapter_checkpoint_is_served_on_its_base(checkpoint, tmp_path):
     """The engine resolves an adapter's base, applies the adapter, and answers as the adapted model (not the base)."""
     from openchat_core.config import TrainConfig

@@ -221,3 +221,25 @@ def test_add_special_tokens_initialises_new_embeddings_to_the_mean(tmp_path):
                                               "--model-type", "openchat_3.5"])
     assert result.exit_code == 0, result.output
     assert "<|end_of_turn|>" in load_tokenizer(tmp_path / "new").get_vocab()
+
+
+def test_packed_attention_choice_without_flash_attn_uses_torch_varlen_on_cuda():
+    from openchat_core.models.model_factory import choose_packed_attention, default_attn_implementation
+    from openchat_core.models.varlen_attention import torch_varlen_available
+
+    assert choose_packed_attention(cuda=True, flash_attn=True, torch_varlen=True)[0] == "flash_attention_2"
+    assert choose_packed_attention(cuda=True, flash_attn=False, torch_varlen=True)[0] == "torch_varlen"
+    assert choose_packed_attention(cuda=True, flash_attn=False, torch_varlen=False)[0] == "sdpa_varlen"
+    assert choose_packed_attention(cuda=False, flash_attn=False, torch_varlen=True)[0] == "sdpa_varlen"
+    if not torch.cuda.is_available():  # this machine: the CPU fallback
+        assert not torch_varlen_available() and default_attn_implementation() == "sdpa_varlen"
+    assert default_attn_implementation(training=False) == "sdpa"
+
+
+def test_cu_seqlens_split_a_packed_row_at_position_restarts():
+    from openchat_core.models.varlen_attention import cu_seqlens
+
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
+    bounds, longest = cu_seqlens(positions, 9)
+    assert bounds.tolist() == [0, 3, 5, 9] and bounds.dtype == torch.int32 and longest == 4
+    assert cu_seqlens(torch.tensor([[3, 4, 0, 1]]), 4)[0].tolist() == [0, 2, 4]  # a row that starts mid-sequence

@@ -13,6 +13,8 @@ from openchat_core.serving.engines.base import (
     EngineRequestError,
     EngineUnavailableError,
     SamplingOptions,
+    StructuredOutput,
+    TokenLogprob,
 )
 
 ENGINE_KINDS = ("vllm", "transformers")
@@ -32,4 +34,5 @@ def create_engine(kind: str, config: EngineConfig) -> Engine:
 
 
 __all__ = ["ENGINE_KINDS", "Delta", "Engine", "EngineConfig", "EngineError", "EngineRequestError",
-           "EngineUnavailableError", "SamplingOptions", "create_engine"]
+           "EngineUnavailableError", "SamplingOptions", "StructuredOutput",
+           "TokenLogprob", "create_engine"]

@@ -13,6 +13,13 @@ Contract:
   appear in `text`. Closing the iterator early (client gone) aborts the request.
 - `await abort(request_id)` stops a request; idempotent, unknown ids are ignored.
 - `await shutdown()` frees the model; requests still running fail with `EngineUnavailableError`.
+- Log-probabilities: with `options.logprobs = k` every generated token's delta carries a
+  `TokenLogprob` (the model's raw log-probability of that token, before temperature and penalties,
+  plus the k most likely tokens); with `options.prompt_logprobs = k` the deltas also carry the
+  prompt's (None for the first prompt token, which has no context), in order, possibly spread over
+  several deltas: the consumer concatenates them.
+- `supports_structured_output`: whether `options.structured` (JSON object / JSON schema constrained
+  decoding) is honoured; an engine without it raises `EngineRequestError` when asked.
 
 Light module: no torch, no vLLM.
 """
@@ -23,9 +30,26 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """Constrained decoding: any JSON object (`schema` None), or JSON valid against `schema`."""
+
+    kind: Literal["json_object", "json_schema"]
+    schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One position: the token there, its log-probability, and the most likely tokens (most likely first)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -42,6 +66,9 @@ class SamplingOptions:
     frequency_penalty: float = 0.0
     stop: tuple[str, ...] = ()
     stream: bool = True  # False: the consumer only needs the end result, so an engine may send one delta per choice
+    logprobs: int | None = None  # top-k log-probabilities of every generated token (0: only the token's own)
+    prompt_logprobs: int | None = None  # the same for every prompt token
+    structured: StructuredOutput | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +79,8 @@ class Delta:
     text: str
     token_ids: tuple[int, ...] = ()
     finish_reason: FinishReason | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token in `token_ids` when options.logprobs is set
+    prompt_logprobs: tuple[TokenLogprob | None, ...] = ()  # the next prompt positions, when options.prompt_logprobs
 
 
 @dataclass(frozen=True)
@@ -84,6 +113,7 @@ class EngineUnavailableError(EngineError):
 @runtime_checkable
 class Engine(Protocol):
     name: str
+    supports_structured_output: bool
 
     @property
     def ready(self) -> bool: ...

