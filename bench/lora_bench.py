@@ -56,7 +56,7 @@ def prepare_data(root: Path) -> tuple[Path, Path]:
 def run_variant(name: str, tokens: str, eval_tokens: str, steps: int, batch_max_len: int, eval_rows: int) -> dict:
     import torch
 
-    from openchat_core.config import TrainConfig
+    from openchat_core.training.settings import TrainConfig
     from openchat_core.models.adapters import apply_lora, trainable_parameter_count
     from openchat_core.models.model_factory import load_base_model, local_model_dir, parameter_count
     from openchat_core.training.data import TokenDataset, sequential_batches

@@ -7,31 +7,29 @@ cross-field rule says how to fix a violation. The whole config is validated befo
 from __future__ import annotations
 
 import glob
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, field_validator
 
 from openchat_core.data.mix import MixPolicy
 from openchat_core.data.rules import DEFAULT_MAX_LINE_BYTES
 from openchat_core.data.sources import DataSource
 from openchat_core.data.weights import WeightPolicy
 from openchat_core.evaluation.coding.sandbox import SandboxLimits
+from openchat_core.models.settings import ModelConfig
+from openchat_core.section import Section
 from openchat_core.evaluation.coding.scoring import CodingOptions
 from openchat_core.serving.settings import DEFAULT_PORT
 from openchat_core.templates.chat_template import ChatTemplateOptions
 from openchat_core.templates.model_types import canonical_model_type_name
+from openchat_core.training.settings import TrainConfig
 
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message lists every problem and how to fix it."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
 class StorageConfig(Section):
@@ -112,58 +110,6 @@ class TokenizeConfig(Section):
         except KeyError as e:
             raise ValueError(str(e).strip('"')) from None
         return value
-
-
-class ModelConfig(Section):
-    base: str = Field("preset:tiny-mistral", description="local HF model folder or preset:NAME")
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    attn_implementation: Literal["auto", "sdpa_varlen", "torch_varlen", "sdpa", "eager", "flash_attention_2"] = Field(
-        "auto", description="auto: flash_attention_2 on CUDA when installed, else torch_varlen (torch's built-in varlen "
-                            "attention) on CUDA, else sdpa_varlen (sdpa per packed sequence)")
-    add_missing_special_tokens: bool = Field(False, description="add the template's special tokens (mean-initialised) if missing")
-
-
-class TrainConfig(Section):
-    epochs: int = Field(3, ge=1)
-    batch_max_len: int = Field(2048, ge=64, description="tokens per rank per step (multipack capacity)")
-    lr: float | None = Field(None, gt=0, description="peak learning rate; default: OpenChat's automatic rule")
-    lr_min_ratio: float = Field(0.1, ge=0, le=1)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    weight_decay: float = Field(0.1, ge=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.95, ge=0, lt=1)
-    eps: float = Field(1e-5, gt=0)
-    grad_clip: float = Field(1.0, gt=0)
-    zero_stage: Literal[0, 1, 2, 3] = 2
-    num_procs: int = Field(1, ge=1, description="processes (GPUs) per node")
-    hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node runs")
-    seed: int = 42
-    save_every: int = Field(1, ge=1, description="save a checkpoint every N epochs (the last epoch always)")
-    gradient_checkpointing: bool = False
-    overlong: Literal["error", "truncate"] = Field("error", description="sequences longer than batch_max_len")
-    drop_last: bool = Field(False, description="drop an epoch's final step when it is emptier than average (higher packing "
-                                               "efficiency at large batch x ranks, as OpenChat; False keeps every sequence)")
-    adapter: Literal["none", "lora"] = Field("none", description="none: full fine-tuning; lora: train LoRA adapters (peft) on a frozen base")
-    lora_r: int = Field(8, ge=1, description="LoRA rank")
-    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
-    lora_target_modules: str = Field("all-linear", description="comma-separated module names to adapt (e.g. q_proj,v_proj), "
-                                                                "or all-linear (every linear layer but the LM head)")
-
-    @field_validator("lora_target_modules")
-    @classmethod
-    def _target_modules_listed(cls, value: str) -> str:
-        names = [n.strip() for n in value.split(",") if n.strip()]
-        if not names:
-            raise ValueError("train.lora_target_modules is empty: name modules (e.g. q_proj,v_proj) or use all-linear")
-        return ",".join(names)
-
-    @model_validator(mode="after")
-    def _capacity_is_multiple_of_64(self) -> TrainConfig:
-        if self.batch_max_len % 64:
-            raise ValueError(f"train.batch_max_len={self.batch_max_len} must be a multiple of 64 "
-                             f"(OpenChat pads batches to 64 tokens); try {math.ceil(self.batch_max_len / 64) * 64}")
-        return self
 
 
 class EvalConfig(Section):

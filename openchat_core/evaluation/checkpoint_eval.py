@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from openchat_core.config import PipelineConfig
 from openchat_core.digest import file_digest, text_digest
+
+if TYPE_CHECKING:  # the pipeline config assembles the components' settings; components never import it
+    from openchat_core.config import PipelineConfig
 
 
 def eval_key(cfg: PipelineConfig, heldout_key: str | None) -> str:

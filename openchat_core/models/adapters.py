@@ -20,7 +20,7 @@ from openchat_core.models.checkpoint import adapter_base_path, is_adapter_checkp
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from openchat_core.config import TrainConfig
+    from openchat_core.training.settings import TrainConfig
 
 BASE_MODEL_DIR = "base_model"  # beside the ep_N folders, when the base is not already a local folder
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from openchat_core.config import ModelConfig, TrainConfig
+from openchat_core.models.settings import ModelConfig
+from openchat_core.training.settings import TrainConfig
 
 
 class TrainerConfig(BaseModel):

@@ -9,7 +9,6 @@ resumes from the published state.
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from tests.integration.conftest import write_config
 

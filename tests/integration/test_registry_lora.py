@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def adapter_checkpoint(tmp_path_factory, mistral_tokenizer):
-    from openchat_core.config import TrainConfig
+    from openchat_core.training.settings import TrainConfig
     from openchat_core.models.adapters import apply_lora
     from openchat_core.models.checkpoint import save_checkpoint
     from openchat_core.models.model_factory import build_random_model

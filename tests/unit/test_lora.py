@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from openchat_core.config import TrainConfig
+from openchat_core.training.settings import TrainConfig
 from openchat_core.models.adapters import apply_lora, load_model, merge_adapter, trainable_parameter_count
 from openchat_core.models.checkpoint import adapter_base_path, context_limit, is_complete_checkpoint, read_checkpoint, save_checkpoint
 from openchat_core.training.loss import packed_forward, weighted_sums

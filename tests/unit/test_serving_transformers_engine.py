@@ -248,7 +248,7 @@ def test_structured_output_is_refused_naming_the_vllm_engine(checkpoint):
 
 def test_a_lora_adapter_checkpoint_is_served_on_its_base(checkpoint, tmp_path):
     """The engine resolves an adapter's base, applies the adapter, and answers as the adapted model (not the base)."""
-    from openchat_core.config import TrainConfig
+    from openchat_core.training.settings import TrainConfig
     from openchat_core.models.adapters import apply_lora, load_model
     from openchat_core.models.checkpoint import save_checkpoint
     from openchat_core.templates.tokenizers import load_tokenizer
