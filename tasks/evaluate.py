@@ -21,6 +21,8 @@ from openchat_core.digest import file_digest, git_revision, text_digest
 from openchat_core.evaluation.checkpoint_eval import evaluate_checkpoint
 from openchat_core.evaluation.harness import HARNESS_PREFIX
 from openchat_core.markdown import markdown_table
+from openchat_core.models.checkpoint import weights_file
+from openchat_core.registry.adapters import registrable
 from openchat_core.registry.promotion import promote_candidate
 from openchat_core.registry.selection import EpochScore, select_best
 from openchat_core.registry.store import ModelRegistry
@@ -57,7 +59,7 @@ def evaluate_epoch_task(layout: StorageLayout, checkpoint: EpochCheckpoint, cfg:
     """Evaluate one epoch's checkpoint; its metrics go to the training run at step = epoch."""
     logger = get_run_logger()
     local_checkpoint = layout.local_copy(checkpoint.path)  # read from the storage root (another worker may have trained it)
-    stage_key = text_digest("evaluate", EVALUATE_VERSION, file_digest(local_checkpoint / "model.safetensors"), key)
+    stage_key = text_digest("evaluate", EVALUATE_VERSION, file_digest(weights_file(local_checkpoint)), key)
     final_url = layout.stage_dir("evaluate", stage_key)
     if not layout.is_complete(final_url):
         with layout.building("evaluate", stage_key) as out:
@@ -113,12 +115,14 @@ def register_best_task(cfg: PipelineConfig, evals: list[EpochEval], key: str, tr
             "openchat.pipeline_run_id": pipeline_run_id or "-", "openchat.train_run_id": train_run_id or "-",
             **prefect_tags(), **metric_tags(best.metrics, key)}
     local_checkpoint = layout.local_copy(best.checkpoint)  # the published epoch, from the storage root
-    weights_digest = file_digest(local_checkpoint / "model.safetensors")
+    target = registrable(local_checkpoint, merge_adapter_weights=cfg.registry.merge_adapter)  # LoRA: adapter + base lineage, or merged
+    tags |= target.tags
+    weights_digest = file_digest(target.weights_file)
     version = registry.find_by_tag(WEIGHTS_TAG, weights_digest)
     if version is not None:  # an unchanged re-run: the same weights are already registered
         logger.info("these weights are already %s v%s; not registering them again", registry.name, version.version)
     else:
-        version = registry.register(local_checkpoint, train_run_id, {**tags, WEIGHTS_TAG: weights_digest})
+        version = registry.register(target.checkpoint, train_run_id, {**tags, WEIGHTS_TAG: weights_digest})
         logger.info("registered %s v%s: %s", registry.name, version.version, selection.reason)
     return Registration(version=version.version, epoch=best.epoch, checkpoint=best.checkpoint, metric=cfg.eval.primary_metric,
                         value=selection.value, reason=selection.reason,

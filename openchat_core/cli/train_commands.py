@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
 
 @config_options((TrainConfig, ["epochs", "batch_max_len", "lr", "lr_min_ratio", "warmup_ratio", "weight_decay", "beta1", "beta2", "eps",
                                 "grad_clip", "zero_stage", "num_procs", "hostfile", "seed", "save_every", "overlong", "drop_last",
-                                "gradient_checkpointing"]),
+                                "gradient_checkpointing", "adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"]),
                 (ModelConfig, ["dtype", "attn_implementation", "add_missing_special_tokens"]),
                 (TrainerConfig, ["resume", "checkpoint_every_steps"]),
                 extra_flags={"num_procs": ["--num-gpus"]})

@@ -16,10 +16,10 @@ def heldout_metrics(model_dir: Path | str, tokens_path: Path | str, batch_max_le
 
     from openchat_core.training.data import TokenDataset, sequential_batches
     from openchat_core.training.loss import weighted_sums
-    from openchat_core.models.model_factory import load_base_model
+    from openchat_core.models.adapters import load_model
 
     if model is None:
-        model, _ = load_base_model(model_dir, packed=True)
+        model, _ = load_model(model_dir, packed=True)  # full weights, or a LoRA adapter on its base
     dataset = TokenDataset(tokens_path, max_len=batch_max_len, overlong="truncate")
     loss = acc = norm = 0.0
     model.eval()

@@ -50,9 +50,9 @@ class TransformersGenerator:
                         model_type: str | None = None, dtype: str = "float32", batch_size: int = 8,
                         attn_implementation: str | None = None) -> TransformersGenerator:
         """Load a checkpoint folder; stop ids default to its model type's EOT."""
-        from openchat_core.models.model_factory import load_base_model
+        from openchat_core.models.adapters import load_model
 
-        model, tokenizer = load_base_model(str(model_dir), dtype=dtype, attn_implementation=attn_implementation)
+        model, tokenizer = load_model(str(model_dir), dtype=dtype, attn_implementation=attn_implementation)  # peft for adapters
         if not stop_token_ids:
             stop_token_ids = stop_token_ids_for(tokenizer, checkpoint_model_type(model_dir, model_type).name)
         return cls(model, tokenizer, list(stop_token_ids), batch_size=batch_size, model_path=str(model_dir))

@@ -1,8 +1,9 @@
 """The per-epoch checkpoint format, written atomically.
 
 A checkpoint is a Hugging Face model folder that transformers, vLLM and MLflow load as-is:
-config.json + safetensors, the tokenizer with the model type's `chat_template` (model type
-`chat_template`: the tokenizer's own, with the condition options in `openchat.json["template"]`), a
+config.json + safetensors (or, for LoRA, a peft adapter on a named base: models/adapters.py), the tokenizer
+with the model type's `chat_template` (model type `chat_template`: the tokenizer's own, with the condition
+options in `openchat.json["template"]`), a
 `generation_config.json` whose eos ids include the template's EOT (so `generate` and vLLM stop at
 the end of a turn), and `openchat.json` (model type, epoch, config, data digest).
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 METADATA_FILE = "openchat.json"
+ADAPTER_CONFIG = "adapter_config.json"  # a LoRA checkpoint (models/adapters.py): adapter weights on a named base
 TRAINER_STATE_DIR = "trainer_state"
 
 
@@ -59,15 +61,55 @@ def save_checkpoint(out_dir: Path | str, model: PreTrainedModel, tokenizer: PreT
     return out
 
 
+def is_adapter_checkpoint(path: Path | str) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def weights_file(path: Path | str) -> Path:
+    """The safetensors file holding a checkpoint's own weights (what identifies it: the adapter, or the full model)."""
+    return Path(path) / ("adapter_model.safetensors" if is_adapter_checkpoint(path) else "model.safetensors")
+
+
+def adapter_base_path(path: Path | str) -> Path:
+    """The local base-model folder an adapter checkpoint was trained on (from openchat.json, else adapter_config.json).
+
+    Raises FileNotFoundError naming the file when the base is not recorded or no longer exists.
+    """
+    p = Path(path)
+    base = None
+    meta_file = p / METADATA_FILE
+    if meta_file.is_file():
+        adapter = json.loads(meta_file.read_text()).get("adapter") or {}
+        base = adapter.get("base_model")
+    if not base:
+        base = json.loads((p / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base:
+        raise FileNotFoundError(f"{p}: neither {METADATA_FILE} (adapter.base_model) nor {ADAPTER_CONFIG} (base_model_name_or_path) "
+                                f"names the base model; add the base folder's path to one of them")
+    base_path = Path(base)
+    if not base_path.is_absolute():
+        base_path = (p / base_path).resolve()
+    if not (base_path / "config.json").is_file():
+        raise FileNotFoundError(f"{p} is a LoRA adapter on base model {base}, which is not a local model folder (no config.json); "
+                                f"restore the base there, or edit adapter.base_model in {meta_file}")
+    return base_path
+
+
+def model_config_dir(path: Path | str) -> Path:
+    """The folder holding the architecture's config.json: the checkpoint itself, or an adapter's base."""
+    return adapter_base_path(path) if is_adapter_checkpoint(path) else Path(path)
+
+
 def is_complete_checkpoint(path: Path | str) -> bool:
     p = Path(path)
-    return not p.name.endswith(".partial") and (p / METADATA_FILE).is_file() and (p / "config.json").is_file()
+    has_weights = (p / "config.json").is_file() or is_adapter_checkpoint(p)
+    return not p.name.endswith(".partial") and (p / METADATA_FILE).is_file() and has_weights
 
 
 def read_checkpoint(path: Path | str) -> CheckpointInfo:
     p = Path(path)
     if not is_complete_checkpoint(p):
-        raise FileNotFoundError(f"{p} is not a complete checkpoint (no {METADATA_FILE}/config.json, or still .partial)")
+        raise FileNotFoundError(f"{p} is not a complete checkpoint (no {METADATA_FILE}, no config.json/{ADAPTER_CONFIG}, or still .partial)")
     meta = json.loads((p / METADATA_FILE).read_text())
     return CheckpointInfo(path=p, model_type=meta["model_type"], epoch=meta.get("epoch"), metadata=meta)
 
@@ -101,7 +143,7 @@ def context_limit(model_dir: Path | str, model_type: str) -> int:
     `model_max_context`), capped by the model's `max_position_embeddings` (vLLM refuses more)."""
     limit = get_model_type(model_type).max_context
     try:
-        config = json.loads((Path(model_dir) / "config.json").read_text())
+        config = json.loads((model_config_dir(model_dir) / "config.json").read_text())
     except (OSError, ValueError):
         return limit
     positions = config.get("max_position_embeddings") if isinstance(config, dict) else None

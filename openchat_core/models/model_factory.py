@@ -165,6 +165,14 @@ def check_saveable(model: PreTrainedModel, source: str | os.PathLike[str]) -> No
         f"already dequantised, or convert the model to a plain folder first.")
 
 
+def local_model_dir(path_or_preset: str | os.PathLike[str]) -> Path | None:
+    """The local Hugging Face folder a base model loads from; None for a random preset (it exists only in memory)."""
+    preset = preset_of(path_or_preset)
+    if preset is not None:
+        return None if preset.source == "random" else smollm2_model_dir()
+    return Path(path_or_preset).expanduser().resolve()
+
+
 def load_base_model(path_or_preset: str | os.PathLike[str], *, seed: int = 0, dtype: str = "float32",
                     attn_implementation: str | None = None, packed: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model and tokenizer from a local folder or a `preset:NAME` (tiny random models, SmolLM2).

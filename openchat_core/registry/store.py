@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from openchat_core.models.checkpoint import is_adapter_checkpoint
 from openchat_core.templates.tokenizers import cache_root
 
 CHAMPION = "champion"
@@ -232,8 +233,9 @@ def resolve_model_dir(ref: str, tracking_uri: str | None) -> Path:
     m = _URI.match(ref)
     if not m:
         path = Path(ref).expanduser()
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{ref} is neither a checkpoint folder (config.json) nor a models:/NAME@ALIAS URI")
+        if not ((path / "config.json").is_file() or is_adapter_checkpoint(path)):
+            raise FileNotFoundError(f"{ref} is neither a checkpoint folder (config.json or a LoRA adapter_config.json) "
+                                    f"nor a models:/NAME@ALIAS URI")
         return path
     if not tracking_uri:
         raise RegistryError(f"{ref} needs an MLflow tracking URI (--mlflow-uri or MLFLOW_TRACKING_URI)")

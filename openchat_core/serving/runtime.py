@@ -192,9 +192,14 @@ async def load_runtime(spec: ModelSpec, settings: ServeSettings, engine_factory:
     kind = settings.engine
     model_dir = spec.model_dir.expanduser().resolve()
     spec = ModelSpec(model_dir, spec.served_name, spec.registry_version, spec.model_type)
-    if not (model_dir / "config.json").is_file():
-        raise ModelLoadError("load", f"{model_dir} is not a model folder (no config.json)")
-    from openchat_core.models.checkpoint import checkpoint_model_type
+    from openchat_core.models.checkpoint import checkpoint_model_type, is_adapter_checkpoint
+
+    adapter = is_adapter_checkpoint(model_dir)
+    if not ((model_dir / "config.json").is_file() or adapter):
+        raise ModelLoadError("load", f"{model_dir} is not a model folder (no config.json or LoRA adapter_config.json)")
+    if adapter and kind != "transformers":
+        raise ModelLoadError("load", f"{model_dir} is a LoRA adapter: serve it with --engine transformers (vLLM LoRA serving is "
+                                     f"not wired up yet), or register it merged (registry.merge_adapter: true)")
 
     try:
         model_type = checkpoint_model_type(model_dir, spec.model_type)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from openchat_core.section import Section
 
@@ -30,6 +30,21 @@ class TrainConfig(Section):
     overlong: Literal["error", "truncate"] = Field("error", description="sequences longer than batch_max_len")
     drop_last: bool = Field(False, description="drop an epoch's final step when it is emptier than average (higher packing "
                                                "efficiency at large batch x ranks, as OpenChat; False keeps every sequence)")
+
+    adapter: Literal["none", "lora"] = Field("none", description="none: full fine-tuning; lora: train LoRA adapters (peft) on a frozen base")
+    lora_r: int = Field(8, ge=1, description="LoRA rank")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    lora_target_modules: str = Field("all-linear", description="comma-separated module names to adapt (e.g. q_proj,v_proj), "
+                                                                "or all-linear (every linear layer but the LM head)")
+
+    @field_validator("lora_target_modules")
+    @classmethod
+    def _target_modules_listed(cls, value: str) -> str:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        if not names:
+            raise ValueError("train.lora_target_modules is empty: name modules (e.g. q_proj,v_proj) or use all-linear")
+        return ",".join(names)
 
     @model_validator(mode="after")
     def _capacity_is_multiple_of_64(self) -> TrainConfig:

@@ -104,6 +104,7 @@ class Trainer:
         self.model, self.tokenizer = load_base_model(self.cfg.model.base, seed=self.cfg.train.seed, dtype=m.dtype, attn_implementation=attn,
                                                      packed=True)
         self.log(f"packed attention: {self.model.config._attn_implementation}")
+        added: list[str] = []
         try:
             check_special_tokens(self.model_type, self.tokenizer)
         except MissingSpecialTokenError:
@@ -122,8 +123,31 @@ class Trainer:
         if data_fp and data_fp != tokenizer_fingerprint(self.tokenizer):
             self.log(f"warning: data tokenizer fingerprint {data_fp} differs from the model tokenizer's; check they match")
         self.model.config.use_cache = False
+        if self.cfg.train.adapter == "lora":
+            self._wrap_lora(tokens_added=bool(added))
         if self.cfg.train.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def _wrap_lora(self, tokens_added: bool) -> None:
+        """Freeze the base and add LoRA adapters; the base is recorded as a local folder (written once here when it has none)."""
+        from openchat_core.atomic import publish_folder
+        from openchat_core.models.adapters import BASE_MODEL_DIR, apply_lora, trainable_parameter_count
+        from openchat_core.models.model_factory import local_model_dir, parameter_count
+
+        base = None if tokens_added else local_model_dir(self.cfg.model.base)
+        if base is None:  # a random preset, or a vocabulary extended here: save the base the adapter applies to
+            base = self.out / BASE_MODEL_DIR
+            if self.rank == 0 and not (base / "config.json").is_file():
+                with publish_folder(base) as staging:
+                    self.model.save_pretrained(str(staging))
+                    self.tokenizer.save_pretrained(str(staging))
+        self.adapter_base = base.resolve()
+        total = parameter_count(self.model)
+        self.model = apply_lora(self.model, self.cfg.train, base_path=self.adapter_base, train_embeddings=tokens_added)
+        trainable = trainable_parameter_count(self.model)
+        self.log(f"LoRA r={self.cfg.train.lora_r} on {self.cfg.train.lora_target_modules}"
+                 + (" (+ embeddings and LM head: tokens were added)" if tokens_added else "")
+                 + f": {trainable:,} trainable of {total:,} parameters ({trainable / total:.2%}); base {self.adapter_base}")
 
     def _setup_engine(self) -> None:
         import deepspeed
@@ -131,7 +155,8 @@ class Trainer:
 
         t = self.cfg.train
         self.base_lr = t.lr or auto_learning_rate(self.model_type.name, t.batch_max_len, self.world, self.dataset.supervised_ratio())
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.base_lr, betas=(t.beta1, t.beta2), eps=t.eps, weight_decay=t.weight_decay)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # LoRA: adapters only (no optimizer state for the base)
+        optimizer = torch.optim.AdamW(trainable, lr=self.base_lr, betas=(t.beta1, t.beta2), eps=t.eps, weight_decay=t.weight_decay)
         ds_config = {
             "train_micro_batch_size_per_gpu": 1,
             "gradient_accumulation_steps": 1,
@@ -273,10 +298,17 @@ class Trainer:
                 "epoch": epoch, "global_step": self.global_step, "data_digest": self.dataset.digest(), "data": self.cfg.data,
                 "base_model": self.cfg.model.base, "train": self.cfg.train.model_dump(), "metrics": eval_metrics,
                 "template": self.dataset.metadata.get("template", {}),  # chat_template: its condition options, for serving
-            }, state_dict=state)
+            } | self._adapter_metadata(), state_dict=state)
             self.tracker.set_tags({f"openchat.checkpoint.ep_{epoch}": str(path)})
             self.log(f"epoch {epoch}: checkpoint {path}")
         dist.barrier()
+
+    def _adapter_metadata(self) -> dict[str, Any]:
+        t = self.cfg.train
+        if t.adapter == "none":
+            return {}
+        return {"adapter": {"type": t.adapter, "base_model": str(self.adapter_base), "r": t.lora_r, "alpha": t.lora_alpha,
+                            "target_modules": t.lora_target_modules}}
 
     def save_state(self, point: ResumePoint) -> None:
         import torch.distributed as dist

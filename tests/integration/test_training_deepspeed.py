@@ -106,13 +106,10 @@ def test_two_process_zero3_run_lowers_loss(tmp_path, demo_tokens):
     assert all(t.numel() > 0 for t in weights.values())  # ZeRO-3 partitions were gathered, not saved as empty shards
 
 
-def test_killed_run_resumes_with_the_same_data_order_and_finishes(tmp_path, demo_tokens):
-    from openchat_core.training.data import TokenDataset
-    from openchat_core.training.sampler import MultipackSampler
+def kill_after_state(cfg: TrainerConfig, min_step: int):
+    """Launch `cfg` (one process), SIGKILL it once a resumable state at `min_step` or later is on disk; return that state."""
     from openchat_core.training.state import latest_resume_point
-    from openchat_core.training.trainer import batch_digest
 
-    cfg = _cfg(tmp_path, demo_tokens, epochs=2).model_copy(update={"checkpoint_every_steps": 4, "eval_data": None})
     os.makedirs(cfg.out_dir)
     config_path = os.path.join(cfg.out_dir, "trainer_config.json")
     with open(config_path, "w") as f:
@@ -120,13 +117,23 @@ def test_killed_run_resumes_with_the_same_data_order_and_finishes(tmp_path, demo
     proc = subprocess.Popen(build_command(config_path, 1), env=launch_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and (latest_resume_point(cfg.out_dir) is None or latest_resume_point(cfg.out_dir).global_step < 8):
+    while time.time() < deadline and (latest_resume_point(cfg.out_dir) is None or latest_resume_point(cfg.out_dir).global_step < min_step):
         assert proc.poll() is None, "training ended before it could be killed"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     saved = latest_resume_point(cfg.out_dir)
-    assert saved is not None and saved.global_step >= 8
+    assert saved is not None and saved.global_step >= min_step
+    return saved
+
+
+def test_killed_run_resumes_with_the_same_data_order_and_finishes(tmp_path, demo_tokens):
+    from openchat_core.training.data import TokenDataset
+    from openchat_core.training.sampler import MultipackSampler
+    from openchat_core.training.trainer import batch_digest
+
+    cfg = _cfg(tmp_path, demo_tokens, epochs=2).model_copy(update={"checkpoint_every_steps": 4, "eval_data": None})
+    saved = kill_after_state(cfg, min_step=8)
 
     lines: list[str] = []
     run_training(cfg.model_copy(update={"resume": True}), on_line=lines.append)

@@ -244,3 +244,46 @@ def test_structured_output_is_refused_naming_the_vllm_engine(checkpoint):
             await collect(engine, "s", PROMPTS[1], max_tokens=2, structured=StructuredOutput("json_object"))
 
     run_with_engine(checkpoint, scenario)
+
+
+def test_a_lora_adapter_checkpoint_is_served_on_its_base(checkpoint, tmp_path):
+    """The engine resolves an adapter's base, applies the adapter, and answers as the adapted model (not the base)."""
+    from openchat_core.training.settings import TrainConfig
+    from openchat_core.models.adapters import apply_lora, load_model
+    from openchat_core.models.checkpoint import save_checkpoint
+    from openchat_core.templates.tokenizers import load_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(checkpoint)
+    base = AutoModelForCausalLM.from_pretrained(str(checkpoint), attn_implementation="sdpa")
+    with torch.no_grad():  # large random adapter weights, so the adapter visibly changes the greedy tokens
+        model = apply_lora(base, TrainConfig(lora_r=8), base_path=checkpoint, init_lora_weights=False)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(50)
+    adapter = save_checkpoint(tmp_path / "ep_0", model, tokenizer, "openchat_3.5", {"adapter": {"type": "lora", "base_model": str(checkpoint)}})
+    peft_model, _ = load_model(adapter, attn_implementation="sdpa")
+    with torch.no_grad():
+        expected = peft_model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, do_sample=False, eos_token_id=None,
+                                       pad_token_id=0)[0, len(PROMPTS[0]):].tolist()
+        with peft_model.disable_adapter():
+            plain = peft_model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, do_sample=False, eos_token_id=None,
+                                        pad_token_id=0)[0, len(PROMPTS[0]):].tolist()
+    assert expected != plain
+
+    async def scenario(engine):
+        return (await collect(engine, "a", PROMPTS[0], max_tokens=8))[0][0]
+
+    assert run_with_engine(adapter, scenario) == expected
+    from openchat_core.serving.runtime import ModelLoadError, ModelSpec, default_engine_factory, load_runtime
+    from openchat_core.serving.settings import ServeSettings
+
+    async def load(engine_kind):
+        runtime = await load_runtime(ModelSpec(adapter), ServeSettings(model=adapter, engine=engine_kind), default_engine_factory)
+        await runtime.engine.shutdown()
+        return runtime
+
+    runtime = asyncio.run(load("transformers"))  # what `openchat serve --model <adapter> --engine transformers` loads
+    assert runtime.model_type.name == "openchat_v3.2_mistral" and 32000 in runtime.stop_token_ids
+    with pytest.raises(ModelLoadError, match="LoRA adapter: serve it with --engine transformers"):
+        asyncio.run(load("vllm"))

@@ -223,9 +223,17 @@ class TransformersEngine:
 
         from openchat_core.models.model_factory import resolve_dtype
 
+        from openchat_core.models.checkpoint import adapter_base_path, is_adapter_checkpoint
+
         model_dir = self.config.model_dir
+        adapter = is_adapter_checkpoint(model_dir)
         self._model = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=resolve_dtype(self.config.dtype), attn_implementation="sdpa", local_files_only=True)
+            str(adapter_base_path(model_dir) if adapter else model_dir), dtype=resolve_dtype(self.config.dtype),
+            attn_implementation="sdpa", local_files_only=True)
+        if adapter:  # one LoRA adapter: folded into the base weights, so decoding costs what the base costs
+            from peft import PeftModel
+
+            self._model = PeftModel.from_pretrained(self._model, str(model_dir)).merge_and_unload()
         self._model.eval()
         self._vocab_size = int(self._model.get_output_embeddings().weight.shape[0])
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
