@@ -1,4 +1,4 @@
-"""The base of every config section: unknown keys are errors, assignments are validated.
+"""The base of every config section (unknown keys are errors, assignments are validated) and the config error.
 
 It lives apart from `config.py` so each stage's settings can sit beside its component
 (`models/settings.py`, `training/settings.py`, `serving/settings.py`) while `config.py` only
@@ -8,6 +8,10 @@ assembles them: components never import the pipeline config, so packages import 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message lists every problem and how to fix it."""
 
 
 class Section(BaseModel):

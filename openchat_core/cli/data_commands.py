@@ -119,7 +119,13 @@ def assign_weights(
     """
     from pydantic import ValidationError
 
-    from openchat_core.data.weights import UnknownConditionError, WeightPolicy, assign_weights_file, condition_table, parse_weight_pairs
+    from openchat_core.data.weights import (
+        UnknownConditionError,
+        WeightPolicy,
+        assign_weights_file,
+        condition_table,
+        parse_weight_pairs,
+    )
 
     try:
         if config is not None:

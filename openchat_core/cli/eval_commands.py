@@ -11,7 +11,8 @@ import typer
 
 from openchat_core.cli.options import config_options
 from openchat_core.cli.output import fail
-from openchat_core.config import EvalConfig, StorageConfig
+from openchat_core.config import StorageConfig
+from openchat_core.evaluation.settings import EvalConfig
 from openchat_core.markdown import markdown_table
 from openchat_core.tracking import local_tracking_uri
 

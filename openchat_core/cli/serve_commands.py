@@ -71,7 +71,6 @@ def deploy(
     from openchat_core.registry.deployment import deploy_registered
     from openchat_core.registry.store import RegistryError
     from openchat_core.serving.deploy import DeployError
-
     from openchat_core.serving.settings import keys_from_env
 
     keys = keys_from_env()

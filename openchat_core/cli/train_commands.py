@@ -9,8 +9,9 @@ import typer
 
 from openchat_core.cli.options import config_options, pick
 from openchat_core.cli.output import fail
-from openchat_core.config import ModelConfig, TrainConfig
+from openchat_core.models.settings import ModelConfig
 from openchat_core.tracking import local_tracking_uri
+from openchat_core.training.settings import TrainConfig
 from openchat_core.training.trainer_config import TrainerConfig
 
 
@@ -70,8 +71,8 @@ def add_special_tokens_command(
 
     Example: openchat add-special-tokens --model-path ./Mistral-7B-v0.1 --out ./Mistral-7B-eot --model-type openchat_3.5
     """
-    from openchat_core.templates.model_types import get_model_type
     from openchat_core.models.model_factory import add_special_tokens, load_base_model
+    from openchat_core.templates.model_types import get_model_type
 
     try:
         mt = get_model_type(model_type)

@@ -19,6 +19,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from openchat_core.section import Section
+
 API_KEYS_ENV = "OPENCHAT_API_KEYS"
 ADMIN_KEY_ENV = "OPENCHAT_ADMIN_KEY"
 
@@ -178,3 +180,22 @@ def settings_from_args(argv: list[str] | None = None, environ: typing.Mapping[st
     except ValueError as exc:
         parser.error(str(exc))
         raise  # unreachable: parser.error exits
+
+
+class ServeConfig(Section):
+    """`serve:` in the pipeline config: whether and where the pipeline deploys its champion (the server's own flags are ServeSettings)."""
+
+    enabled: bool = Field(True, description="deploy the champion at the end of the pipeline")
+    host: str = "127.0.0.1"
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    engine: Literal["auto", "vllm", "transformers"] = Field("auto", description="auto: vLLM when the serving env has it")
+    api_keys_env: str | None = Field(None, description="name of an env var holding comma-separated API keys (never put keys in YAML)")
+    smoke_prompt: str = "Hello!"
+    max_model_len: int | None = Field(None, ge=64, description="cap the served context (saves KV-cache memory)")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def api_keys(self) -> list[str]:
+        return keys_from_env(self.api_keys_env) if self.api_keys_env else []
