@@ -67,9 +67,26 @@ def torch_varlen_attention(module: Any, query: Any, key: Any, value: Any, attent
         position_ids = torch.arange(length, device=query.device)
     cu, longest = cu_seqlens(position_ids, length)
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # (T, H, D)
-    out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, window_size=(-1, 0),
-                      enable_gqa=k.shape[1] != q.shape[1])
+    k, v, options = _varlen_call_options(varlen_attn, q, k, v)
+    out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, **options)
     return out.unsqueeze(0), None
+
+
+def _varlen_call_options(varlen_attn: Any, q: Any, k: Any, v: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """K, V and the keyword arguments for causal, grouped-query attention, as this torch's `varlen_attn` takes them.
+
+    torch 2.11 (the GPU image) takes `is_causal` and has no `enable_gqa`; later releases take `window_size=(-1, 0)` and
+    `enable_gqa`. Where the kernel cannot group heads itself, K/V heads are repeated here, as `enable_gqa` would."""
+    import inspect
+
+    params = inspect.signature(varlen_attn).parameters
+    options: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1 and "enable_gqa" in params:
+        options["enable_gqa"] = True
+    elif groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return k, v, options
 
 
 def sdpa_varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,

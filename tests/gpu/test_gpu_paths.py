@@ -44,7 +44,10 @@ def test_bf16_deepspeed_training_on_gpu_lowers_loss(tmp_path, mistral_tokenizer)
     from openchat_core.training.trainer_config import TrainerConfig
 
     generate_demo_data(tmp_path / "demo", sizes=DemoSizes(train=600))
-    lines = [json.loads(x) for x in (tmp_path / "demo" / "train.jsonl").read_text().splitlines() if x.startswith('{"items": [{"role": "user"')]
+    from openchat_core.data.demo import MALFORMED_LINES
+
+    rows = (tmp_path / "demo" / "train.jsonl").read_text().splitlines()
+    lines = [json.loads(x) for x in rows if x not in MALFORMED_LINES and x.startswith('{"items": [{"role": "user"')]
     for c in lines:
         for m in c["items"]:
             m["weight"] = 0.0 if m["role"] == "user" else 1.0
@@ -89,4 +92,8 @@ def test_torch_varlen_packed_equals_per_sequence_with_gradients(mistral_tokenize
     packed.sum().backward()
     separate.sum().backward()
     for (name, a), b in zip(model.named_parameters(), reference.parameters()):
-        assert torch.allclose(a.grad.float(), b.grad.float(), atol=5e-2, rtol=5e-2), name
+        # bf16 gradients summed over ~200 tokens (the embedding's especially) differ elementwise by a few bf16 ulps between
+        # kernels; the relative error of the whole gradient is what a wrong mask or a lost sequence boundary would blow up.
+        error = float((a.grad.float() - b.grad.float()).norm() / b.grad.float().norm().clamp_min(1e-12))
+        print(f"{name}: relative gradient error {error:.2e}")
+        assert error < 2e-2, (name, error)

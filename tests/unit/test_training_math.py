@@ -243,3 +243,22 @@ def test_cu_seqlens_split_a_packed_row_at_position_restarts():
     bounds, longest = cu_seqlens(positions, 9)
     assert bounds.tolist() == [0, 3, 5, 9] and bounds.dtype == torch.int32 and longest == 4
     assert cu_seqlens(torch.tensor([[3, 4, 0, 1]]), 4)[0].tolist() == [0, 2, 4]  # a row that starts mid-sequence
+
+
+def test_torch_varlen_call_matches_each_torch_signature():
+    """torch 2.11 (the GPU image) has `window_size` but no `enable_gqa`; newer torch has both; 2.10 took `is_causal`.
+    Grouped K/V heads are repeated as HF's repeat_kv does (query head h reads K/V head h // groups) where the kernel can't."""
+    from openchat_core.models.varlen_attention import _varlen_call_options
+
+    def torch_2_10(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, is_causal=False): ...
+    def torch_2_11(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1)): ...
+    def torch_2_13(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False): ...
+
+    q, k, v = torch.randn(5, 4, 8), torch.randn(5, 2, 8), torch.randn(5, 2, 8)  # (T, H, D), 2 query heads per K/V head
+    k2, v2, options = _varlen_call_options(torch_2_11, q, k, v)
+    assert options == {"window_size": (-1, 0)} and k2.shape == q.shape
+    assert torch.equal(k2[:, 3], k[:, 1]) and torch.equal(v2[:, 2], v[:, 1]) and torch.equal(k2[:, 0], k[:, 0])
+    k3, _, options = _varlen_call_options(torch_2_13, q, k, v)
+    assert options == {"window_size": (-1, 0), "enable_gqa": True} and k3 is k
+    assert _varlen_call_options(torch_2_10, q, q, q)[2] == {"is_causal": True}
+    assert _varlen_call_options(torch_2_13, q, q, q)[2] == {"window_size": (-1, 0)}
