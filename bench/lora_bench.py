@@ -29,28 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.demo_tokens import pretokenized_demo  # noqa: E402
+
 VARIANTS = {"full": None, "lora r=8": 8, "lora r=16": 16}
 BASE = "preset:smollm2-135m"
-
-
-def prepare_data(root: Path) -> tuple[Path, Path]:
-    from openchat_core.data.demo import DemoSizes, generate_demo_data
-    from openchat_core.data.pretokenize import pretokenize_file
-    from openchat_core.data.validate import validate_files
-    from openchat_core.data.weights import WeightPolicy, assign_weights_file
-    from openchat_core.templates.conversation import TemplateSpec
-    from openchat_core.templates.tokenizers import load_tokenizer, tokenizer_fingerprint
-
-    tokenizer = load_tokenizer("preset:smollm2")
-    generate_demo_data(root / "demo", sizes=DemoSizes(train=1500, eval_per_task=8))
-    spec = TemplateSpec.from_tokenizer("chatml_8192", tokenizer)
-    policy = WeightPolicy(condition_weights={"GPT4 Correct": 1.0, "GPT3": 0.1})
-    for split in ("train", "eval"):
-        validate_files([root / "demo" / f"{split}.jsonl"], root / split / "v")
-        assign_weights_file(root / split / "v" / "conversations.parquet", root / split / "w", policy)
-        pretokenize_file(root / split / "w" / "weighted.parquet", root / f"{split}.parquet", spec,
-                         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer))
-    return root / "train.parquet", root / "eval.parquet"
 
 
 def run_variant(name: str, tokens: str, eval_tokens: str, steps: int, batch_max_len: int, eval_rows: int) -> dict:
@@ -117,7 +99,7 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory() as tmp:
-        tokens, eval_tokens = prepare_data(Path(tmp))
+        tokens, eval_tokens = pretokenized_demo(Path(tmp), BASE.removeprefix("preset:"))
         results = []
         for name in VARIANTS:
             out = subprocess.run([sys.executable, __file__, "--variant", name, "--tokens", str(tokens), "--eval-tokens", str(eval_tokens),

@@ -74,7 +74,7 @@ def packed_batches(seqs: list[Seq], cap: int, seed: int) -> list[list[int]]:
 
 
 def budget_batches(order, lengths: np.ndarray, tokens_per_step: float) -> list[list[int]]:
-    """Cut `order` into consecutive batches, each closed once it holds `tokens_per_step` real tokens."""
+    """Cut `order` into consecutive batches, each closed once it holds `tokens_per_step` real tokens; the rest is a last, smaller batch."""
     batches, current, real = [], [], 0
     for i in order:
         current.append(int(i))
@@ -82,7 +82,7 @@ def budget_batches(order, lengths: np.ndarray, tokens_per_step: float) -> list[l
         if real >= tokens_per_step:
             batches.append(current)
             current, real = [], 0
-    return batches
+    return batches + [current] if current else batches
 
 
 def random_batches(seqs: list[Seq], tokens_per_step: float, seed: int) -> list[list[int]]:
