@@ -22,8 +22,9 @@ Both sides train one epoch over the same sequences, starting from the same weigh
   (transformers builds the block-diagonal mask from the restarting position ids).
 
 Tokens/s counts real tokens (no padding exists on either side); it is the median over steps after the
-first, timed from the end of one step to the end of the next (TRL: its callbacks; so TRL's collation,
-logging and metrics count, as our batch assembly does). Loss: the mean train loss of the last steps,
+first. The two sides alternate step by step in one process (our step runs in TRL's step-end callback,
+outside TRL's clock), so load on the shared machine hits both alike. A TRL step is timed from the end
+of its previous step (its data loading, collation, logging and metrics count, as our batch assembly does). Loss: the mean train loss of the last steps,
 and a held-out loss computed by the same function (`weighted_sums`) for both trained models.
 `--profile` prints the top operators of one step on each side.
 """
@@ -130,52 +131,76 @@ def heldout_loss(model, seqs: list[Seq], cap: int) -> float:
     return total / max(weight, 1.0)
 
 
-def profile_table(prof) -> str:
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+def profiled(enabled: bool):
+    """A CPU profiler context when `enabled`, else a no-op one."""
+    import contextlib
 
-
-def run_ours(preset: str, seqs: list[Seq], held: list[Seq], cap: int, lr: float, seed: int, profile: bool) -> dict:
     import torch
 
-    from openchat_core.training.loss import weighted_sums
-    from openchat_core.training.sampler import MultipackSampler
-
-    model, _ = load_model(preset, "sdpa_varlen", seed)  # the trainer's default packed attention on CPU
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)
-    lengths = np.array([len(s[0]) for s in seqs])
-    plan = MultipackSampler(lengths, np.ones(len(seqs)), cap, num_ranks=1, seed=seed).plan(0)
-    batches = [list(b) for b in plan.rank_batches(0)]
-    covered = sorted(i for b in batches for i in b)
-    if covered != list(range(len(seqs))):
-        raise RuntimeError(f"multipack left out {len(seqs) - len(covered)} sequence(s); the two sides would not train on the same tokens")
-    initial = heldout_loss(model, held, cap)  # the same weights start both sides
-    model.train()
-    rates, losses, tokens, supervised, table = [], [], 0, 0, ""
-    last = time.perf_counter()
-    for step, idx in enumerate(batches):
-        prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile and step == 2 else None
-        if prof:
-            prof.__enter__()
-        batch = packed(seqs, idx)
-        loss, _, wsum = weighted_sums(model, batch)
-        (loss / wsum.clamp(min=1)).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item() / max(wsum.item(), 1.0))
-        if prof:
-            prof.__exit__(None, None, None)
-            table = profile_table(prof)
-        now = time.perf_counter()
-        rates.append(batch.num_tokens / (now - last))
-        last = now
-        tokens += batch.num_tokens
-        supervised += int((batch.weights != 0).sum())
-    return {"steps": len(batches), "tokens": tokens, "supervised": supervised, "tokens_per_s": statistics.median(rates[1:] or rates),
-            "losses": losses, "heldout": heldout_loss(model, held, cap), "heldout_initial": initial, "profile": table}
+    return torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if enabled else contextlib.nullcontext()
 
 
-def run_trl(preset: str, seqs: list[Seq], held: list[Seq], cap: int, lr: float, seed: int, profile: bool, out_dir: Path) -> dict:
+def profile_table(prof, tokens: int) -> str:
+    return f"{tokens} tokens in this step\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+
+
+class Ours:
+    """Our trainer's step, one batch at a time, so its steps can run between TRL's (`step()` returns False when done)."""
+
+    def __init__(self, preset: str, seqs: list[Seq], held: list[Seq], cap: int, lr: float, seed: int, profile: bool) -> None:
+        import torch
+
+        from openchat_core.training.sampler import MultipackSampler
+
+        self.model, _ = load_model(preset, "sdpa_varlen", seed)  # the trainer's default packed attention on CPU
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)
+        lengths = np.array([len(s[0]) for s in seqs])
+        plan = MultipackSampler(lengths, np.ones(len(seqs)), cap, num_ranks=1, seed=seed).plan(0)
+        self.batches = [list(b) for b in plan.rank_batches(0)]
+        covered = sorted(i for b in self.batches for i in b)
+        if covered != list(range(len(seqs))):
+            raise RuntimeError(f"multipack left out {len(seqs) - len(covered)} sequence(s); the two sides would not train on the same tokens")
+        self.seqs, self.held, self.cap, self.profile = seqs, held, cap, profile
+        self.initial = heldout_loss(self.model, held, cap)  # the same weights start both sides
+        self.model.train()
+        self.rates: list[float] = []
+        self.losses: list[float] = []
+        self.tokens = self.supervised = 0
+        self.table = ""
+
+    def step(self) -> bool:
+        import torch
+
+        from openchat_core.training.loss import weighted_sums
+
+        n = len(self.losses)
+        if n == len(self.batches):
+            return False
+        started = time.perf_counter()
+        with profiled(self.profile and n == 2) as prof:
+            batch = packed(self.seqs, self.batches[n])
+            loss, _, wsum = weighted_sums(self.model, batch)
+            (loss / wsum.clamp(min=1)).backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.losses.append(loss.item() / max(wsum.item(), 1.0))
+        if prof is not None:
+            self.table = profile_table(prof, batch.num_tokens)
+        self.rates.append(batch.num_tokens / (time.perf_counter() - started))
+        self.tokens += batch.num_tokens
+        self.supervised += int((batch.weights != 0).sum())
+        return True
+
+    def result(self) -> dict:
+        return {"steps": len(self.batches), "tokens": self.tokens, "supervised": self.supervised,
+                "tokens_per_s": statistics.median(self.rates[1:] or self.rates), "losses": self.losses,
+                "heldout": heldout_loss(self.model, self.held, self.cap), "heldout_initial": self.initial, "profile": self.table}
+
+
+def run_trl(preset: str, seqs: list[Seq], held: list[Seq], cap: int, lr: float, seed: int, profile: bool, out_dir: Path,
+            between=lambda: None) -> dict:
+    """TRL's SFTTrainer over `seqs`; `between()` runs after each TRL step, outside TRL's clock."""
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -192,13 +217,13 @@ def run_trl(preset: str, seqs: list[Seq], held: list[Seq], cap: int, lr: float, 
             return super().compute_loss(model, inputs, *args, **kwargs)
 
     class Clock(TrainerCallback):
+        """Times each TRL step from the end of the previous one (data loading, collation, logging included)."""
+
         def __init__(self) -> None:
-            self.ends: list[tuple[float, int]] = []
-            self.prof = None
-            self.table = ""
+            self.mark, self.tokens, self.rates, self.prof, self.table = 0.0, 0, [], None, ""
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.ends.append((time.perf_counter(), 0))
+            self.mark = time.perf_counter()
 
         def on_step_begin(self, args, state, control, **kwargs):
             if profile and state.global_step == 2:
@@ -206,10 +231,14 @@ def run_trl(preset: str, seqs: list[Seq], held: list[Seq], cap: int, lr: float, 
                 self.prof.__enter__()
 
         def on_step_end(self, args, state, control, **kwargs):
+            now, step_tokens = time.perf_counter(), trainer.bench_tokens - self.tokens
             if self.prof is not None:
                 self.prof.__exit__(None, None, None)
-                self.table, self.prof = profile_table(self.prof), None
-            self.ends.append((time.perf_counter(), trainer.bench_tokens))
+                self.table, self.prof = profile_table(self.prof, step_tokens), None
+            self.rates.append(step_tokens / (now - self.mark))
+            self.tokens = trainer.bench_tokens
+            between()
+            self.mark = time.perf_counter()
 
     model, tokenizer = load_model(preset, "sdpa", seed)
     config = SFTConfig(
@@ -223,10 +252,9 @@ def run_trl(preset: str, seqs: list[Seq], held: list[Seq], cap: int, lr: float, 
     trainer = Counting(model=model, args=config, train_dataset=Dataset.from_dict(trl_rows(seqs)), processing_class=tokenizer,
                        callbacks=[clock])
     trainer.train()
-    rates = [(t1 - t0) and (n1 - n0) / (t1 - t0) for (t0, n0), (t1, n1) in zip(clock.ends, clock.ends[1:])]
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"steps": trainer.state.global_step, "tokens": trainer.bench_tokens, "supervised": trainer.bench_supervised,
-            "tokens_per_s": statistics.median(rates[1:] or rates), "losses": losses,
+            "tokens_per_s": statistics.median(clock.rates[1:] or clock.rates), "losses": losses,
             "heldout": heldout_loss(trainer.model, held, cap), "profile": clock.table}
 
 
@@ -242,8 +270,11 @@ def compare(preset: str, data: str, rows: int, cap: int, seed: int, profile: boo
         else:
             seqs, held = synthetic_sequences(len(load_tokenizer("preset:" + MODEL_PRESETS[preset].tokenizer)), cap, rows, seed)
         check_shifted(seqs)
-        ours = run_ours(preset, seqs, held, cap, lr, seed, profile)
-        trl = run_trl(preset, seqs, held, cap, lr, seed, profile, Path(tmp) / "trl")
+        ours = Ours(preset, seqs, held, cap, lr, seed, profile)
+        trl = run_trl(preset, seqs, held, cap, lr, seed, profile, Path(tmp) / "trl", between=ours.step)  # steps alternate
+        while ours.step():  # ours may need a step more or less than TRL: its packer's bin count
+            pass
+    return {"ours": ours.result(), "trl": trl, "lr": lr}
     return {"ours": ours, "trl": trl, "lr": lr}
 
 
