@@ -48,7 +48,19 @@ def test_every_train_bench_mode_computes_the_same_loss_on_the_same_batch(monkeyp
     assert len(losses) == 4 and max(losses.values()) - min(losses.values()) < 1e-4, losses
 
 
-@pytest.mark.slow  # ~40 s on the 2-core box: one subprocess importing torch, transformers and trl, two tiny trainings
+def test_train_bench_command_prints_a_row_where_grouping_pads_less_than_random_order():
+    """The documented command in a tiny mode (no RESULTS.md write): every mode runs and the row reads back."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "train_bench.py"), "--steps", "1", "--batch-max-len", "256",
+                          "--num-seqs", "300", "--no-write"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    row = [c.strip(" *×") for c in out.stdout.strip().splitlines()[-1].split("|")[1:-1]]
+    assert row[0] == "256" and all(float(row[i].replace(",", "")) > 0 for i in (3, 4, 5, 6, 7, 9))
+    grouped_computed = float(row[2].split(",", 1)[1].replace(",", ""))
+    random_computed = float(row[8].split("(")[1].split(",", 1)[1].rstrip(")").replace(",", ""))
+    assert grouped_computed < random_computed
+
+
+@pytest.mark.slow  # 20-40 s on the 2-core box: one subprocess importing torch, transformers and trl, two tiny trainings
 def test_trl_peer_command_trains_both_sides_on_the_same_tokens(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "trl_peer.py"), "--model", "tiny-mistral", "--data", "demo",
                           "--rows", "64", "--batch-max-len", "256", "--no-write", "--json", str(tmp_path / "r.json")],
