@@ -269,9 +269,10 @@ def main() -> None:
             f"requests per round: {', '.join(f'c={c}: {n}' for c, n in per_level.items())}, after 2 warm-up requests. "
             f"All servers ran side by side, measured in {args.rounds} rotating rounds per level, the same for every "
             f"server (throughput: best round; latency: all rounds). Every server: {args.dtype}, max_model_len "
-            f"{args.max_model_len}, max_num_seqs {MAX_NUM_SEQS}; vLLM: enforce_eager, 1 GiB KV cache. The last columns are tokens/s relative to vLLM's own server at the same workload and concurrency, "
-            f"best round vs best round and median vs median (our overhead; goal ≥ 0.90×). Transformers engine: torch "
-            f"threads = half the cores. This machine is shared (2 cores) and its speed drifts several-fold within "
+            f"{args.max_model_len}, max_num_seqs {MAX_NUM_SEQS}; vLLM: enforce_eager, 1 GiB KV cache; transformers "
+            f"engine: torch threads = half the cores. The last columns are tokens/s relative to vLLM's own server at "
+            f"the same workload and concurrency, best round vs best round and median vs median (our overhead; goal "
+            f"≥ 0.90×). This machine is shared (2 cores) and its speed drifts several-fold within "
             f"minutes: read ratios, not absolute numbers.\n\n"
             + table(results, VLLM_SERVER))
     print()
