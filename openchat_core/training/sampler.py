@@ -316,11 +316,11 @@ class MultipackSampler:
         """Whole steps from a prefix of the permutation, the rest dropped; None when that would not raise efficiency.
 
         The sequences to drop are a suffix of this epoch's random permutation, as in OpenChat, so they are
-        a uniform sample: the leftovers of the emptiest bins would be mostly the shortest sequences, and
-        the same ones every epoch. The suffix holds as many tokens as the bins past the last whole step;
+        a uniform sample: the leftovers of the emptiest bins would be mostly the shortest sequences,
+        epoch after epoch. The suffix holds as many tokens as the bins past the last whole step;
         the prefix is repacked, and again if it does not land on exactly the whole steps (rare).
         """
-        n, c = self.num_ranks, self.batch_max_len
+        n = self.num_ranks
         target = num_bins - num_bins % n
         if len(lengths) < num_bins + n - num_bins % n:
             return None  # too few sequences to complete the final step: plan() drops just its bins' sequences
