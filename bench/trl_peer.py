@@ -16,8 +16,9 @@ Both sides train one epoch over the same sequences, starting from the same weigh
 - Objective: mean cross-entropy over the step's supervised tokens on both sides (TRL's loss; our
   trainer's own normalisation by num_seqs would only rescale it). AdamW (betas 0.9/0.95, eps 1e-5,
   weight decay 0.1), constant learning rate, gradient clipping at 1.0, no gradient checkpointing.
-- Ours: the trainer's step (`weighted_sums`: logits only at supervised positions, default packed
-  attention `sdpa_varlen` on CPU). TRL: its own trainer loop and loss (its fused LM head scores every
+- Ours: the trainer's step (its forward and loss, `weighted_sums`: logits only at supervised positions;
+  the default packed attention on CPU, `sdpa_varlen`, or `--ours-attn sdpa` to give both sides the same
+  attention; torch AdamW in place of the DeepSpeed engine, as bench/lora_bench.py does). TRL: its own trainer loop and loss (its fused LM head scores every
   position in chunks on CPU, supervised-only on CUDA with Triton), the model loaded with `sdpa`
   (transformers builds the block-diagonal mask from the restarting position ids).
 
@@ -147,12 +148,13 @@ def profile_table(prof, tokens: int) -> str:
 class Ours:
     """Our trainer's step, one batch at a time, so its steps can run between TRL's (`step()` returns False when done)."""
 
-    def __init__(self, preset: str, seqs: list[Seq], held: list[Seq], cap: int, lr: float, seed: int, profile: bool) -> None:
+    def __init__(self, preset: str, seqs: list[Seq], held: list[Seq], cap: int, lr: float, seed: int, profile: bool,
+                 attn: str = "sdpa_varlen") -> None:
         import torch
 
         from openchat_core.training.sampler import MultipackSampler
 
-        self.model, _ = load_model(preset, "sdpa_varlen", seed)  # the trainer's default packed attention on CPU
+        self.model, _ = load_model(preset, attn, seed)  # sdpa_varlen: the trainer's default packed attention on CPU
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)
         lengths = np.array([len(s[0]) for s in seqs])
         plan = MultipackSampler(lengths, np.ones(len(seqs)), cap, num_ranks=1, seed=seed).plan(0)
@@ -258,7 +260,8 @@ def run_trl(preset: str, seqs: list[Seq], held: list[Seq], cap: int, lr: float, 
             "heldout": heldout_loss(trainer.model, held, cap), "profile": clock.table}
 
 
-def compare(preset: str, data: str, rows: int, cap: int, seed: int, profile: bool, lr: float | None = None) -> dict[str, dict]:
+def compare(preset: str, data: str, rows: int, cap: int, seed: int, profile: bool, lr: float | None = None,
+            ours_attn: str = "sdpa_varlen") -> dict[str, dict]:
     """Both sides on the same sequences; returns {"ours": ..., "trl": ...}."""
     from openchat_core.templates.tokenizers import load_tokenizer
     from openchat_core.models.presets import MODEL_PRESETS
@@ -270,7 +273,7 @@ def compare(preset: str, data: str, rows: int, cap: int, seed: int, profile: boo
         else:
             seqs, held = synthetic_sequences(len(load_tokenizer("preset:" + MODEL_PRESETS[preset].tokenizer)), cap, rows, seed)
         check_shifted(seqs)
-        ours = Ours(preset, seqs, held, cap, lr, seed, profile)
+        ours = Ours(preset, seqs, held, cap, lr, seed, profile, ours_attn)
         trl = run_trl(preset, seqs, held, cap, lr, seed, profile, Path(tmp) / "trl", between=ours.step)  # steps alternate
         while ours.step():  # ours may need a step more or less than TRL: its packer's bin count
             pass
@@ -290,11 +293,13 @@ def main() -> None:
     parser.add_argument("--batch-max-len", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=None, help="default: 5e-5 for smollm2-135m, 1e-3 for the random tiny presets")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ours-attn", choices=("sdpa_varlen", "sdpa"), default="sdpa_varlen",
+                        help="our side's attention: the trainer's CPU default, or TRL's (to separate attention from the rest)")
     parser.add_argument("--profile", action="store_true", help="print the top operators of step 3 on each side")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
     parser.add_argument("--json", type=Path, help="also write both sides' figures here")
     args = parser.parse_args()
-    r = compare(args.model, args.data, args.rows, args.batch_max_len, args.seed, args.profile, args.lr)
+    r = compare(args.model, args.data, args.rows, args.batch_max_len, args.seed, args.profile, args.lr, args.ours_attn)
     ours, trl = r["ours"], r["trl"]
     if args.json:
         args.json.write_text(json.dumps({side: {k: v for k, v in r[side].items() if k != "profile"} for side in ("ours", "trl")}))
@@ -303,12 +308,13 @@ def main() -> None:
             print(f"--- profile, one step, {side} ---\n{r[side]['profile']}")
     rows = ["| trainer | steps | real tokens | supervised tokens | tokens/s (median step) | vs TRL | train loss, first step | "
             f"train loss, last {TAIL} steps | held-out loss |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, side in (("ours (multipack, `sdpa_varlen`, supervised-only logits)", ours), ("TRL SFTTrainer (bfd packing, padding-free, sdpa)", trl)):
+    for name, side in ((f"ours (multipack, `{args.ours_attn}`, supervised-only logits)", ours), ("TRL SFTTrainer (bfd packing, padding-free, sdpa)", trl)):
         rows.append(f"| {name} | {side['steps']} | {side['tokens']:,} | {side['supervised']:,} | {side['tokens_per_s']:,.0f} | "
                     f"**{side['tokens_per_s'] / trl['tokens_per_s']:.2f}×** | {side['losses'][0]:.4f} | "
                     f"{statistics.mean(side['losses'][-TAIL:]):.4f} | {side['heldout']:.4f} |")
     body = (f"Held-out loss before training: {ours['heldout_initial']:.4f}.\n\n" + "\n".join(rows))
-    body = (f"`python bench/trl_peer.py --model {args.model} --data {args.data} --rows {args.rows} --batch-max-len {args.batch_max_len}`: "
+    body = (f"`python bench/trl_peer.py --model {args.model} --data {args.data} --rows {args.rows} --batch-max-len {args.batch_max_len}"
+            f"{'' if args.ours_attn == 'sdpa_varlen' else ' --ours-attn ' + args.ours_attn}`: "
             f"trl {__import__('trl').__version__}, {args.model} (fp32) on CPU ({os.cpu_count()} cores), one epoch over the same {args.rows} "
             f"sequences on both sides, lr {r['lr']:g}, one packed row of at most {args.batch_max_len} tokens per step. "
             f"Setup: see the script's docstring. " + body)
