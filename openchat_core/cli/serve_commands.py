@@ -78,6 +78,6 @@ def deploy(
         record = deploy_registered(_uri(mlflow_uri), name, alias=alias, url=url, state_dir=state_dir.resolve(), engine=engine, api_keys=keys)
     except (DeployError, RegistryError) as e:
         raise fail(str(e)) from None
-    typer.echo(markdown_table([{k: record.get(k) for k in ("served_name", "registry_version", "openai_base_url", "engine", "pid", "unchanged")}]))
+    typer.echo(markdown_table([{k: record.get(k) for k in ("served_name", "registry_version", "openai_base_url", "engine", "pid", "unchanged", "reused_engine")}]))
     if record.get("unchanged"):
         typer.echo("the server already serves this version: nothing reloaded")
