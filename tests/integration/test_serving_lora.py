@@ -22,7 +22,7 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 from openchat_core.ports import free_port  # noqa: E402
-from openchat_core.serving.deploy import deploy_model, stop_server, wait_ready  # noqa: E402
+from openchat_core.serving.deploy import stop_server, wait_ready  # noqa: E402
 from tests.integration.lora_models import build_lora_models  # noqa: E402
 from tests.integration.test_serving_vllm import _serve_python  # noqa: E402
 
@@ -108,7 +108,22 @@ def test_unknown_model_is_the_openai_404(client):
     assert error.value.body["code"] == "model_not_found"
 
 
-def test_deploying_an_adapter_champion_on_the_served_base_loads_only_the_adapter(server, client, models, expected):
+def test_deploying_an_adapter_champion_on_the_served_base_loads_only_the_adapter(server, client, models, expected,
+                                                                                  tmp_path):
+    """The deploy flow's own step (`deploy_registered`: resolve models:/tiny@champion in a real MLflow registry, switch
+    the running server), under continuous traffic."""
+    from openchat_core.registry.adapters import registrable
+    from openchat_core.registry.deployment import ADMIN_KEY_FILE, deploy_registered
+    from openchat_core.registry.store import ModelRegistry
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    registry = ModelRegistry(uri, "tiny")  # the registered name is the served name, as in the pipeline
+    target = registrable(models["a"])
+    version = registry.register(target.checkpoint, None, target.tags).version
+    registry.set_alias("champion", version)
+    (tmp_path / "serving").mkdir()
+    (tmp_path / "serving" / ADMIN_KEY_FILE).write_text(ADMIN + "\n")
+
     def status() -> dict:
         return httpx.get(f"{server}/admin/status", headers={"Authorization": f"Bearer {ADMIN}"}).json()
 
@@ -128,15 +143,14 @@ def test_deploying_an_adapter_champion_on_the_served_base_loads_only_the_adapter
     thread.start()
     time.sleep(0.5)
     started = time.perf_counter()
-    handle = deploy_model(server, ADMIN, models["a"], served_name="tiny", registry_version="2", api_key=KEY,
-                          ready_timeout_s=120)
+    record = deploy_registered(uri, "tiny", url=server, state_dir=tmp_path / "serving", api_keys=[KEY])
     switch_s = time.perf_counter() - started
     time.sleep(0.5)
     stop.set()
     thread.join(timeout=120)
     after = status()
     assert not failures, failures[:3]
-    assert handle.reused_engine and not handle.started
+    assert record["reused_engine"] and not record["started_server"] and record["registry_version"] == version
     assert after["engine_starts"] == before["engine_starts"] == 1  # the base was loaded once, at start-up
     assert after["model"]["engine_id"] == before["model"]["engine_id"] and after["pid"] == before["pid"]
     assert answers[0] == expected["base"] and answers[-1] == expected["a"]  # the served name now answers with the adapter
