@@ -289,7 +289,6 @@ async def load_runtime(spec: ModelSpec, settings: ServeSettings, engine_factory:
                           dtype=settings.resolved_dtype(),
                           max_num_seqs=settings.max_num_seqs, seed=settings.seed, kv_cache_gib=settings.kv_cache_gib,
                           enforce_eager=settings.enforce_eager, threads=settings.torch_threads,
-                          tokenizer_dir=model_dir if plan else None,
                           max_lora_rank=max(settings.max_lora_rank or 0, plan.max_rank) if plan else None,
                           max_loras=settings.max_loras or (len(plan.named) + (plan.own is not None) + 1 if plan else 1))
     engine = engine_factory(kind, config)

@@ -1,7 +1,8 @@
 """vLLM serving LoRA adapters on one base, started as the README says (`openchat serve --model BASE --lora a=A --lora b=B`),
 driven by the official `openai` client; then a deploy of an adapter champion that adds only the adapter.
 
-One server for the module (vLLM start-up ~25 s on CPU). Each adapter must answer exactly what peft
+First `openchat serve --model <adapter checkpoint>` alone, then one server for the rest of the module
+(vLLM start-up ~25 s on CPU each; the module takes about a minute). Each adapter must answer exactly what peft
 answers for it (greedy, float32), and the three answers (base, a, b) must differ, so the right
 adapter is proven to have answered. Needs the serving env with vLLM; skipped otherwise.
 """
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -56,14 +58,12 @@ def expected(models) -> dict[str, str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def server(models, tmp_path_factory) -> Iterator[str]:
-    """The README's command, plus a port, float32 (to compare with peft) and a short context."""
-    log = tmp_path_factory.mktemp("lora-serving-logs") / "server.log"
+@contextmanager
+def openchat_serve(args: list[str], log: Path) -> Iterator[str]:
+    """`openchat serve ARGS` (the README's command) on a free port, float32 (to compare with peft), a short context."""
     port = free_port()
-    cmd = [str(Path(sys.executable).parent / "openchat"), "serve", "--model", str(models["base"]),
-           "--lora", f"a={models['a']}", "--lora", f"b={models['b']}",
-           "--served-name", "tiny", "--port", str(port), "--engine", "vllm", "--dtype", "float32", "--max-model-len", "512"]
+    cmd = [str(Path(sys.executable).parent / "openchat"), "serve", *args, "--port", str(port), "--engine", "vllm",
+           "--dtype", "float32", "--max-model-len", "512"]
     env = {**os.environ, "OPENCHAT_API_KEYS": KEY, "OPENCHAT_ADMIN_KEY": ADMIN}
     with log.open("wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -76,12 +76,30 @@ def server(models, tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def server(models, tmp_path_factory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("lora-serving-logs") / "server.log"
+    with openchat_serve(["--model", str(models["base"]), "--served-name", "tiny",
+                         "--lora", f"a={models['a']}", "--lora", f"b={models['b']}"], log) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def client(server) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=120)
 
 
 def _answer(client: openai.OpenAI, model: str) -> openai.types.chat.ChatCompletion:
     return client.chat.completions.create(model=model, messages=USER, max_tokens=MAX_TOKENS, temperature=0)
+
+
+def test_an_adapter_checkpoint_is_served_on_its_base(models, expected, tmp_path):
+    """`openchat serve --model <adapter checkpoint>`: vLLM loads the base from openchat.json and applies the adapter.
+    (First in the file, so it runs before the module's server starts.)"""
+    with openchat_serve(["--model", str(models["a"])], tmp_path / "server.log") as url:
+        local = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=120)
+        assert _answer(local, "openchat_3.5").choices[0].message.content == expected["a"]
+        status = httpx.get(f"{url}/admin/status", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+        assert status["model"]["base_model"] == str(models["base"]) and status["model"]["model_dir"] == str(models["a"])
 
 
 def test_models_list_shows_the_base_and_each_adapter(client):
@@ -156,3 +174,4 @@ def test_deploying_an_adapter_champion_on_the_served_base_loads_only_the_adapter
     assert answers[0] == expected["base"] and answers[-1] == expected["a"]  # the served name now answers with the adapter
     assert _answer(client, "b").choices[0].message.content == expected["b"]  # the --lora adapters still answer
     print(f"adapter deploy took {switch_s:.1f} s")
+

@@ -125,7 +125,7 @@ class FakeEngine:
             raise self.fail_start
         from tokenizers import Tokenizer
 
-        self.tokenizer = Tokenizer.from_file(str((self.config.tokenizer_dir or self.config.model_dir) / "tokenizer.json"))
+        self.tokenizer = Tokenizer.from_file(str(self.config.model_dir / "tokenizer.json"))
         self.started = True
 
     async def shutdown(self) -> None:

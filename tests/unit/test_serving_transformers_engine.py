@@ -302,4 +302,4 @@ def test_a_lora_adapter_checkpoint_is_served_on_its_base(checkpoint, tmp_path):
     from openchat_core.models.checkpoint import adapter_base_path
 
     assert configs[0].model_dir == adapter_base_path(adapter)  # vLLM holds the base and applies the adapter per request
-    assert configs[0].tokenizer_dir == adapter.resolve() and configs[0].max_lora_rank is not None
+    assert configs[0].max_lora_rank is not None

@@ -110,7 +110,6 @@ class EngineConfig:
     kv_cache_gib: float | None = None
     enforce_eager: bool = True
     threads: int | None = None  # transformers engine: torch intra-op threads (None: half the cores)
-    tokenizer_dir: Path | None = None  # where the tokenizer is, when not in model_dir (an adapter's own, on its base)
     max_lora_rank: int | None = None  # LoRA per request on (vLLM): the largest adapter rank to accept; None: off
     max_loras: int = 1  # adapters in one batch
     extra: dict[str, object] = field(default_factory=dict)

@@ -141,7 +141,6 @@ class VLLMEngine:
                     "max_cpu_loras": self.config.max_loras}
         return AsyncEngineArgs(
             model=str(self.config.model_dir),
-            tokenizer=str(self.config.tokenizer_dir or self.config.model_dir),
             dtype=self.config.dtype,
             max_model_len=self.config.max_model_len,
             max_num_seqs=self.config.max_num_seqs,
