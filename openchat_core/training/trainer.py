@@ -225,6 +225,7 @@ class Trainer:
             first = self.start.step_in_epoch if epoch == self.start.epoch else 0
             self.engine.train()
             self.log(f"epoch {epoch}: {plan.num_steps} steps, packing efficiency {plan.efficiency:.1%}"
+                     + (f", {len(plan.dropped)} sequences left out (incomplete last step)" if len(plan.dropped) else "")
                      + (f", resuming at step {first}" if first else ""))
             self.tracker.log_metrics({"train/packing_efficiency": plan.efficiency}, step=self.global_step + 1)
             for step_in_epoch in range(first, plan.num_steps):

@@ -131,3 +131,5 @@ def test_two_source_config_mixes_into_one_dataset_logged_to_mlflow(prefect_harne
     assert client.get_run(run_id).data.metrics["train/duplicates"] == 10
     assert {a.path for a in client.list_artifacts(run_id, "train/mix")} >= {"train/mix/mix_report.json", "train/mix/mix_table.json"}
     assert "train-mixed" in {d.dataset.name for d in client.get_run(run_id).inputs.dataset_inputs}
+    assert {a.path for a in client.list_artifacts(run_id, "train/validate")} >= {"train/validate/quarantine_sample.jsonl"}
+    assert not (Path(data.train.validated.path) / "quarantine_sample.jsonl").exists()  # the published folder stays as published
