@@ -177,3 +177,12 @@ def test_transformers_engine_rejects_a_per_request_adapter():
 
     with pytest.raises(EngineRequestError, match="needs the vllm engine"):
         run(first())
+
+
+def test_max_lora_rank_is_rounded_up_to_a_rank_vllm_accepts():
+    from openchat_core.models.adapters import round_up_rank
+
+    accepted = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks (the engine reads it from vLLM)
+    assert [round_up_rank(r, accepted) for r in (1, 4, 8, 9, 300)] == [1, 8, 8, 16, 320]
+    with pytest.raises(ValueError, match="rank 600 is above the largest rank this engine supports \\(512\\)"):
+        round_up_rank(600, accepted)
