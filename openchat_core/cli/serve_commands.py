@@ -31,7 +31,8 @@ def serve(
     """Serve a model behind the OpenAI-compatible API (/v1/chat/completions, /v1/models, /health, /ready, /metrics).
 
     Other flags pass through to the server (see `python -m openchat_core.serving --help`), e.g.
-    --api-keys sk-1 sk-2 --admin-key ADMIN --log-file openchat.log --log-prompts --served-name openchat_3.5.
+    --api-keys sk-1 sk-2 --admin-key ADMIN --log-file openchat.log --log-prompts --served-name openchat_3.5,
+    or --lora NAME=PATH (repeated) for more LoRA adapters on the served base; PATH may be models:/NAME@ALIAS.
     Keys can also come from OPENCHAT_API_KEYS / OPENCHAT_ADMIN_KEY (keeps them out of `ps`).
 
     Example: openchat serve --model models:/openchat-demo@champion --port 18888
@@ -47,13 +48,38 @@ def serve(
             serve_python()  # raises, saying how to create the serving env
     except (FileNotFoundError, RegistryError, DeployError) as e:
         raise fail(str(e)) from None
+    try:
+        extra = resolve_lora_args(ctx.args, _uri(mlflow_uri))
+    except (FileNotFoundError, RegistryError) as e:
+        raise fail(str(e)) from None
     chosen = resolve_engine(engine, python) if python else "transformers"
-    args = ["--model", str(model_dir), "--engine", chosen, "--host", host, "--port", str(port), *ctx.args]
+    args = ["--model", str(model_dir), "--engine", chosen, "--host", host, "--port", str(port), *extra]
     if chosen == "vllm":  # vLLM lives in the serving environment: become that process
         os.execve(str(python), [str(python), "-m", "openchat_core.serving", *args], checkout_env())
     from openchat_core.serving.__main__ import main as serve_main
 
     sys.exit(serve_main(args))
+
+
+def resolve_lora_args(args: list[str], mlflow_uri: str | None) -> list[str]:
+    """The server's arguments with each `--lora NAME=models:/...` value replaced by the registered adapter's local folder
+    (the server runs in the serving env, which has no MLflow); other values pass through unchanged."""
+    from openchat_core.registry.store import resolve_model_dir
+
+    def resolved(value: str) -> str:
+        name, _, ref = value.partition("=")
+        return f"{name}={resolve_model_dir(ref, mlflow_uri)}" if ref.startswith("models:/") else value
+
+    out, in_lora = [], False
+    for arg in args:
+        if arg.startswith("--lora="):
+            arg, in_lora = "--lora=" + resolved(arg.removeprefix("--lora=")), False
+        elif arg.startswith("--"):
+            in_lora = arg == "--lora"
+        elif in_lora:
+            arg = resolved(arg)
+        out.append(arg)
+    return out
 
 
 def deploy(
@@ -78,6 +104,6 @@ def deploy(
         record = deploy_registered(_uri(mlflow_uri), name, alias=alias, url=url, state_dir=state_dir.resolve(), engine=engine, api_keys=keys)
     except (DeployError, RegistryError) as e:
         raise fail(str(e)) from None
-    typer.echo(markdown_table([{k: record.get(k) for k in ("served_name", "registry_version", "openai_base_url", "engine", "pid", "unchanged")}]))
+    typer.echo(markdown_table([{k: record.get(k) for k in ("served_name", "registry_version", "openai_base_url", "engine", "pid", "unchanged", "reused_engine")}]))
     if record.get("unchanged"):
         typer.echo("the server already serves this version: nothing reloaded")

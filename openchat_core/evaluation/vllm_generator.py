@@ -5,7 +5,8 @@ vLLM cannot be imported in the pipeline environment (see DESIGN.md, Environments
 with the serving env's python, and reads the generated ids back. The worker is given this
 checkout on PYTHONPATH, so both sides run the same code even when the serving env has another
 copy of the package installed. Every call starts a fresh engine (about 20-30 s on CPU): call it
-once with all prompts.
+once with all prompts. A LoRA adapter checkpoint runs as its base with the adapter applied to every
+request (vLLM's LoRA support), so nothing is merged or written.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from openchat_core.evaluation.generation import (
     decode_generation,
     stop_token_ids_for,
 )
-from openchat_core.models.checkpoint import checkpoint_model_type, context_limit
+from openchat_core.models.adapters import AdapterInfo, adapter_info, per_request_lora_problem
+from openchat_core.models.checkpoint import checkpoint_model_type, context_limit, is_adapter_checkpoint
 from openchat_core.serve_env import SERVE_PYTHON_ENV, checkout_env, find_serve_python, repo_root
 
 LOG_TAIL_LINES = 40
@@ -54,6 +56,9 @@ class VLLMGenerator:
         from openchat_core.templates.tokenizers import load_tokenizer
 
         self.model_dir = Path(model_dir)
+        self.adapter: AdapterInfo | None = adapter_info(self.model_dir) if is_adapter_checkpoint(self.model_dir) else None
+        if self.adapter is not None and (problem := per_request_lora_problem(self.adapter)) is not None:
+            raise ValueError(f"engine 'vllm': {problem}")
         resolved = Path(python) if python else find_serve_python()
         if resolved is None:
             raise FileNotFoundError(
@@ -76,15 +81,18 @@ class VLLMGenerator:
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "python": str(self.python), "dtype": self.dtype, "max_model_len": self.max_model_len,
                 "enforce_eager": self.enforce_eager, "stop_token_ids": self.stop_token_ids, "ignore_eos": True,
-                "model_path": str(self.model_dir), **{k: v for k, v in self.last_run.items() if k in ("vllm", "worker")}}
+                "model_path": str(self.model_dir), "lora_base": str(self.adapter.base) if self.adapter else None, **{k: v for k, v in self.last_run.items() if k in ("vllm", "worker")}}
 
     def _command(self, requests: Path, out: Path, max_new_tokens: int) -> list[str]:
-        cmd = [str(self.python), "-m", "openchat_core.evaluation.vllm_worker", "--model", str(self.model_dir.resolve()),
+        model = self.adapter.base if self.adapter else self.model_dir.resolve()
+        cmd = [str(self.python), "-m", "openchat_core.evaluation.vllm_worker", "--model", str(model),
                "--requests", str(requests), "--out", str(out), "--max-tokens", str(max_new_tokens),
                "--stop-token-ids", ",".join(map(str, self.stop_token_ids)), "--max-model-len", str(self.max_model_len),
                "--dtype", self.dtype]
         if not self.enforce_eager:
             cmd.append("--no-enforce-eager")
+        if self.adapter is not None:
+            cmd += ["--lora", str(self.adapter.path), "--lora-rank", str(self.adapter.rank)]
         return cmd
 
     def _environment(self) -> dict[str, str]:

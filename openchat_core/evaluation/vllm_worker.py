@@ -13,7 +13,9 @@ Sampling follows OpenChat's `run_eval.py`: temperature 0, `stop_token_ids` = the
 ids, `ignore_eos=True` (only EOT ends an answer), `max_model_len` and `max_num_batched_tokens` =
 the model type's context. Additions: float32 by default (comparable with the transformers engine),
 eager mode (no graph capture/compilation: faster start on CPU, no numerics change), no tokenizer
-(`skip_tokenizer_init`: prompts are ids, text is decoded by the caller).
+(`skip_tokenizer_init`: prompts are ids, text is decoded by the caller). With `--lora ADAPTER
+--lora-rank R`, `--model` is the adapter's base and every prompt runs with the adapter
+(`enable_lora`, `max_lora_rank` = R rounded up to a rank vLLM accepts, one `LoRARequest`).
 
 Imports only the standard library at module level (vLLM inside `main`): this file must run in
 an environment that has neither pyarrow nor the pipeline's other dependencies. The `__main__`
@@ -41,6 +43,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--lora", help="LoRA adapter folder to apply to every prompt (--model is then its base)")
+    parser.add_argument("--lora-rank", type=int, default=None, help="the adapter's largest rank (with --lora)")
     parser.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false",
                         help="allow CUDA graphs / compilation (faster on GPU, slower to start)")
     return parser.parse_args(argv)
@@ -73,13 +77,25 @@ def main(argv: list[str] | None = None) -> int:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
+    lora_args, lora_request = {}, None
+    if args.lora:
+        from typing import get_args
+
+        from vllm.config.lora import MaxLoRARanks
+        from vllm.lora.request import LoRARequest
+
+        from openchat_core.models.adapters import round_up_rank
+
+        lora_args = {"enable_lora": True, "max_loras": 1, "max_lora_rank": round_up_rank(args.lora_rank or 1, get_args(MaxLoRARanks))}
+        lora_request = LoRARequest("adapter", 1, args.lora)
     llm = LLM(model=args.model, dtype=args.dtype, max_model_len=args.max_model_len,
               max_num_batched_tokens=args.max_model_len, tensor_parallel_size=args.tensor_parallel_size,
-              enforce_eager=args.enforce_eager, skip_tokenizer_init=True, seed=args.seed)
+              enforce_eager=args.enforce_eager, skip_tokenizer_init=True, seed=args.seed, **lora_args)
     loaded = time.perf_counter()
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, stop_token_ids=stop_ids, ignore_eos=True,
                             detokenize=False)
-    outputs = llm.generate([TokensPrompt(prompt_token_ids=r["prompt_token_ids"]) for r in requests], params, use_tqdm=False)
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=r["prompt_token_ids"]) for r in requests], params, use_tqdm=False,
+                           lora_request=lora_request)
     generated = time.perf_counter()
 
     partial = args.out.with_name(args.out.name + ".partial")
@@ -92,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             "engine_start_s": round(loaded - started, 3), "generate_s": round(generated - loaded, 3),
             "generated_tokens": sum(len(o.outputs[0].token_ids) for o in outputs),
             "settings": {"dtype": args.dtype, "max_model_len": args.max_model_len, "enforce_eager": args.enforce_eager,
-                         "seed": args.seed, "stop_token_ids": stop_ids, "ignore_eos": True, "temperature": 0.0}}
+                         "seed": args.seed, "lora": args.lora, "stop_token_ids": stop_ids, "ignore_eos": True, "temperature": 0.0}}
     args.out.with_name(args.out.name + ".meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     partial.replace(args.out)
     return 0

@@ -12,10 +12,19 @@ Light module: torch/peft are imported inside the functions that need them.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openchat_core.models.checkpoint import adapter_base_path, is_adapter_checkpoint, read_checkpoint, save_checkpoint
+from openchat_core.models.checkpoint import (
+    ADAPTER_CONFIG,
+    adapter_base_path,
+    is_adapter_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -94,3 +103,49 @@ def merge_adapter(path: Path | str, out_dir: Path | str) -> Path:
     meta = {k: v for k, v in info.metadata.items() if k not in ("model_type", "adapter")}
     meta["merged_from"] = {"adapter": str(Path(path).resolve()), **(info.metadata.get("adapter") or {})}
     return save_checkpoint(out_dir, merged, tokenizer, info.model_type, meta)
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """What a server needs to know about an adapter checkpoint before it asks an engine to apply it per request."""
+
+    path: Path
+    base: Path                         # the resolved local base-model folder
+    rank: int                          # the largest rank of any module (r, or a rank_pattern override)
+    modules_to_save: tuple[str, ...]   # full copies of modules (embeddings / LM head when special tokens were added)
+
+
+def adapter_info(path: Path | str) -> AdapterInfo:
+    """Read an adapter checkpoint's base, rank and full-module copies; FileNotFoundError/ValueError name the file."""
+    p = Path(path).expanduser().resolve()
+    config_file = p / ADAPTER_CONFIG
+    try:
+        config = json.loads(config_file.read_text())
+        ranks = [int(config["r"]), *(int(v) for v in (config.get("rank_pattern") or {}).values())]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{p} is not a LoRA adapter checkpoint (no {ADAPTER_CONFIG})") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{config_file}: cannot read the adapter's rank (field r): {e}") from None
+    return AdapterInfo(p, adapter_base_path(p).resolve(), max(ranks), tuple(config.get("modules_to_save") or ()))
+
+
+def per_request_lora_problem(info: AdapterInfo) -> str | None:
+    """Why an engine that applies LoRA per request on a shared base (vLLM) cannot serve this adapter, or None.
+
+    Such engines add low-rank deltas to a frozen base; an adapter that also replaces whole modules
+    (`modules_to_save`: the embeddings and LM head, trained when special tokens were added) changes
+    the base itself, which vLLM does not support for causal LMs.
+    """
+    if info.modules_to_save:
+        return (f"{info.path} replaces whole modules ({', '.join(info.modules_to_save)}: modules_to_save, trained because "
+                f"special tokens were added), which vLLM's per-request LoRA cannot apply; register it merged "
+                f"(registry.merge_adapter: true) or serve it with --engine transformers")
+    return None
+
+
+def round_up_rank(rank: int, supported: Iterable[int]) -> int:
+    """The smallest supported max-LoRA-rank >= `rank` (vLLM accepts only a fixed set); ValueError if none is."""
+    fitting = sorted(r for r in supported if r >= rank)
+    if not fitting:
+        raise ValueError(f"LoRA rank {rank} is above the largest rank this engine supports ({max(supported)})")
+    return fitting[0]

@@ -69,7 +69,7 @@ def deploy_registered(tracking_uri: str, model_name: str, *, alias: str = "champ
     record = {"url": handle.url, "openai_base_url": f"{handle.url}/v1", "served_name": handle.served_model, "registry_version": info.version,
               "alias": alias, "engine": handle.engine, "pid": handle.pid, "started_server": handle.started, "model_dir": str(model_dir),
               "server_log": str(handle.log_path) if handle.log_path else None, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "unchanged": False}
+              "unchanged": False, "reused_engine": handle.reused_engine}
     registry.set_tags(info.version, {f"{DEPLOYMENT_TAG}.url": handle.url, f"{DEPLOYMENT_TAG}.engine": handle.engine,
                                      f"{DEPLOYMENT_TAG}.time": record["time"], f"{DEPLOYMENT_TAG}.pid": handle.pid})
     registry.client.set_registered_model_tag(model_name, DEPLOYMENT_TAG, json.dumps(record))

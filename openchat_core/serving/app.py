@@ -118,7 +118,7 @@ def build_router() -> APIRouter:
 
     @router.get("/v1/models", response_model=ModelList, responses={**_ERRORS, 503: {"model": ErrorResponse}})
     async def list_models(request: Request) -> ModelList:
-        """The served name, the model type and its aliases (all accepted as `model`), with the registry version."""
+        """The served name, the model type and its aliases, then each --lora adapter (all accepted as `model`)."""
         return ModelList(data=_live(request).cards())
 
     @router.get("/v1/models/{model_id}", response_model=ModelCard,
@@ -165,7 +165,8 @@ def build_router() -> APIRouter:
     async def admin_status(request: Request) -> AdminStatusResponse:
         manager: ModelManager = request.app.state.models
         return AdminStatusResponse(pid=os.getpid(), model=manager.current.info() if manager.current else None,
-                                   draining=[r.info() for r in manager.draining], switching=manager.switching)
+                                   draining=[r.info() for r in manager.draining], switching=manager.switching,
+                                   engine_starts=manager.engine_starts)
 
     return router
 
@@ -200,7 +201,7 @@ async def _switch_model(body: AdminLoadRequest, request: Request) -> AdminLoadRe
                           param="model", code=f"{exc.stage}_failed") from exc
     metrics.switches.labels("ok").inc()
     return AdminLoadResponse(model=outcome.runtime.info(), previous=outcome.previous.info() if outcome.previous else None,
-                             load_seconds=outcome.load_seconds, smoke=outcome.smoke)
+                             load_seconds=outcome.load_seconds, smoke=outcome.smoke, reused_engine=outcome.reused_engine)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -130,7 +130,8 @@ class ChatService(GenerationService):
         max_tokens = self._max_tokens(body, len(prompt_ids), runtime.max_context)
         options = sampling_options(body, max_tokens=max_tokens, stop_token_ids=runtime.stop_token_ids,
                                    default_temperature=DEFAULT_TEMPERATURE,
-                                   logprobs=(body.top_logprobs or 0) if body.logprobs else None, structured=structured)
+                                   logprobs=(body.top_logprobs or 0) if body.logprobs else None, structured=structured,
+                                   adapter=runtime.adapter_for(body.model))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return PreparedChat(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), runtime, prompt_ids, options, include_usage,
                             TokenTexts(runtime.tokenizer))
@@ -148,7 +149,7 @@ class ChatService(GenerationService):
     def respond(self, prep: PreparedChat, acct: Accounting) -> ChatCompletionResponse:
         runtime = prep.runtime
         return ChatCompletionResponse(
-            id=prep.request_id, created=prep.created, model=runtime.served_name,
+            id=prep.request_id, created=prep.created, model=runtime.answering_name(prep.options.adapter),
             choices=[Choice(index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason or "stop",
                             logprobs=self._logprobs(prep, c.logprobs))
                      for i, c in enumerate(acct.choices)],
@@ -171,7 +172,7 @@ class ChatService(GenerationService):
     async def stream(self, prep: PreparedChat, acct: Accounting) -> AsyncIterator[str]:
         runtime = prep.runtime
         base = {"id": prep.request_id, "object": "chat.completion.chunk", "created": prep.created,
-                "model": runtime.served_name, "system_fingerprint": runtime.fingerprint}
+                "model": runtime.answering_name(prep.options.adapter), "system_fingerprint": runtime.fingerprint}
 
         def chunk(choices: list[dict[str, Any]], usage: Usage | None = None) -> str:
             payload = {**base, "choices": choices}

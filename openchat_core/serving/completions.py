@@ -115,7 +115,8 @@ class CompletionService(GenerationService):
         max_tokens = self._max_tokens(body, prompts, runtime.max_context)
         options = sampling_options(body, max_tokens=max(max_tokens, 1), stop_token_ids=runtime.stop_token_ids,
                                    default_temperature=DEFAULT_TEMPERATURE, logprobs=body.logprobs,
-                                   prompt_logprobs=body.logprobs if body.echo else None, structured=structured)
+                                   prompt_logprobs=body.logprobs if body.echo else None, structured=structured,
+                                   adapter=runtime.adapter_for(body.model))
         return PreparedCompletion(f"cmpl-{uuid.uuid4().hex}", int(time.time()), runtime, prompts, options, body.echo,
                                   max_tokens == 0, body.logprobs,
                                   bool(body.stream_options and body.stream_options.include_usage),
@@ -134,7 +135,7 @@ class CompletionService(GenerationService):
                                           for _ in range(len(prep.prompts) * prep.options.n)])
 
     def respond(self, prep: PreparedCompletion, acct: Accounting) -> CompletionResponse:
-        return CompletionResponse(id=prep.request_id, created=prep.created, model=prep.runtime.served_name,
+        return CompletionResponse(id=prep.request_id, created=prep.created, model=prep.runtime.answering_name(prep.options.adapter),
                                   choices=[self._choice(prep, i, c) for i, c in enumerate(acct.choices)],
                                   usage=acct.usage(), system_fingerprint=prep.runtime.fingerprint)
 
@@ -222,7 +223,7 @@ class CompletionService(GenerationService):
     async def stream(self, prep: PreparedCompletion, acct: Accounting) -> AsyncIterator[str]:
         runtime = prep.runtime
         base = {"id": prep.request_id, "object": "text_completion", "created": prep.created,
-                "model": runtime.served_name, "system_fingerprint": runtime.fingerprint}
+                "model": runtime.answering_name(prep.options.adapter), "system_fingerprint": runtime.fingerprint}
         echoed: set[int] = set()
 
         def chunk(choices: list[dict[str, Any]], usage: Any = None) -> str:

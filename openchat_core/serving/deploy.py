@@ -8,6 +8,8 @@
   `<repo>/.venv-serve/bin/python`) runs `python -m openchat_core.serving ...` in its own process
   group, with this checkout first on PYTHONPATH (so the code that runs is this code, not another
   install) and the keys passed through the environment (never argv, which `ps` shows).
+- A switch to a LoRA adapter on the base the server's vLLM engine already holds only adds the
+  adapter to that engine (no base reload); `ServerHandle.reused_engine` says so.
 - Either way it then waits for /ready, sends one smoke chat completion through the public API,
   checks the answer came from the requested model version, and returns a `ServerHandle`.
 
@@ -49,6 +51,7 @@ class ServerHandle:
     engine: str
     started: bool
     log_path: Path | None = None
+    reused_engine: bool = False  # a LoRA adapter added to the running engine: the base was not reloaded
 
 
 def serve_python() -> Path:
@@ -242,7 +245,8 @@ def deploy_model(url: str, admin_key: str | None, model_dir: Path | str, *, serv
             raise DeployError(f"a server is already running at {url}; switching it needs its admin key")
         body = {"model": str(model_path), "served_name": served_name, "registry_version": registry_version,
                 "model_type": model_type}
-        live = _post_or_raise(f"{url}/admin/load", admin_key, body, ready_timeout_s, "model switch")["model"]
+        switched = _post_or_raise(f"{url}/admin/load", admin_key, body, ready_timeout_s, "model switch")
+        live, reused = switched["model"], bool(switched.get("reused_engine"))
         pid = (admin_status(url, admin_key) or {}).get("pid")
         process, started, log = None, False, None
     elif start_if_down:
@@ -252,7 +256,7 @@ def deploy_model(url: str, admin_key: str | None, model_dir: Path | str, *, serv
             log_path=Path(log_path) if log_path else None, request_log=Path(request_log) if request_log else None,
             extra_args=extra_args)
         pid, started = process.pid, True
-        live = None
+        live, reused = None, False
     else:
         raise DeployError(f"no server answers at {url} and start_if_down is False")
 
@@ -269,4 +273,4 @@ def deploy_model(url: str, admin_key: str | None, model_dir: Path | str, *, serv
         raise
     return ServerHandle(url=url, pid=pid, served_model=served, registry_version=registry_version,
                         model_dir=str(model_path), engine=live["engine"] if live else engine, started=started,
-                        log_path=log)
+                        log_path=log, reused_engine=reused)

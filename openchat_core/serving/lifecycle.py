@@ -297,6 +297,7 @@ class GenerationService:
         handed_off = False
         try:
             record.update({"served_name": runtime.served_name, "registry_version": runtime.registry_version,
+                           "adapter": getattr(runtime.adapter_for(body.model), "name", None),
                            "engine": runtime.engine_kind})
             prep = await self.prepare(body, runtime)
             acct = self.begin(body, prep, record)

@@ -391,7 +391,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "openchat-pipeline"
-    root: str = Field(description="The served name this id resolves to.")
+    root: str = Field(description="The served name this id resolves to (a LoRA adapter's own name).")
+    parent: str | None = Field(None, description="For a LoRA adapter chosen by name: the served base it runs on.")
     model_type: str
     registry_version: str | None = None
     max_context: int
@@ -448,6 +449,9 @@ class LoadedModelInfo(BaseModel):
     model_dir: str
     engine: str
     max_context: int
+    engine_id: str = Field(description="Changes only when an engine (and so the base weights) is loaded anew.")
+    base_model: str | None = Field(None, description="The base folder the engine holds, when LoRA adapters run on it.")
+    adapters: list[str] = Field(default_factory=list, description="LoRA adapter names clients can choose (--lora).")
 
 
 class AdminLoadResponse(BaseModel):
@@ -456,6 +460,8 @@ class AdminLoadResponse(BaseModel):
     previous: LoadedModelInfo | None
     load_seconds: float
     smoke: SmokeResult
+    reused_engine: bool = Field(False, description="True when the candidate is a LoRA adapter added to the running "
+                                                   "engine: the base was not reloaded.")
 
 
 class AdminStatusResponse(BaseModel):
@@ -463,3 +469,4 @@ class AdminStatusResponse(BaseModel):
     model: LoadedModelInfo | None
     draining: list[LoadedModelInfo]
     switching: bool
+    engine_starts: int = Field(description="Engines this server has started (1 + full reloads).")

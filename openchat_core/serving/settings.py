@@ -49,6 +49,15 @@ class ServeSettings(BaseModel):
     model_type: str | None = Field(None, description="OpenChat model type; default: read from the checkpoint's openchat.json.")
     engine: EngineKind = Field("vllm", description="vllm: vLLM's async engine (serving env). transformers: the built-in "
                                                    "continuous-batching engine, for machines without vLLM.")
+    lora: list[str] = Field(default_factory=list, description="More LoRA adapters on the served base, NAME=PATH each "
+                                                              "(repeat the flag): clients choose one with `model: NAME`. "
+                                                              "vllm engine only.")
+    max_loras: int | None = Field(None, ge=1, description="vLLM: adapters in one batch; default: the adapters served + 1 "
+                                                          "(room for a new champion adapter deployed beside them).")
+    max_lora_rank: int | None = Field(None, ge=1, description="vLLM: largest LoRA rank the engine accepts; default: the "
+                                                              "served adapters' largest, rounded up to a rank vLLM supports. "
+                                                              "Set it higher to deploy higher-rank adapters without "
+                                                              "reloading the base.")
 
     # Network
     host: str = Field("127.0.0.1", description="Interface to bind; keep 127.0.0.1 behind an HTTPS gateway.")
@@ -96,6 +105,24 @@ class ServeSettings(BaseModel):
     smoke_timeout_s: float = Field(120.0, gt=0, description="Seconds the smoke test may take.")
     drain_timeout_s: float = Field(300.0, ge=0, description="Seconds a replaced model may finish its in-flight requests "
                                                             "before it is shut down.")
+
+    @field_validator("lora")
+    @classmethod
+    def _lora_pairs(cls, values: list[str]) -> list[str]:
+        names: set[str] = set()
+        for value in values:
+            name, sep, path = value.partition("=")
+            if not sep or not name.strip() or not path.strip():
+                raise ValueError(f"--lora {value!r}: expected NAME=PATH, e.g. --lora support=runs/lora/ep_2")
+            if name.strip() in names:
+                raise ValueError(f"--lora {value!r}: the name {name.strip()!r} is given twice; give each adapter its own name")
+            names.add(name.strip())
+        return values
+
+    def lora_adapters(self) -> list[tuple[str, Path]]:
+        """The `--lora NAME=PATH` values as (name, path) pairs, in the order given."""
+        pairs = (value.partition("=") for value in self.lora)
+        return [(name.strip(), Path(path.strip()).expanduser()) for name, _, path in pairs]
 
     @field_validator("api_keys")
     @classmethod
@@ -151,8 +178,9 @@ def make_arg_parser() -> argparse.ArgumentParser:
         kwargs: dict[str, object] = {"help": field.description, "dest": name}
         if annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(annotation) is list:
+        elif typing.get_origin(annotation) is list:  # `--flag a b` and `--flag a --flag b` both give [a, b]
             kwargs["nargs"] = "*"
+            kwargs["action"] = "extend"
             kwargs["metavar"] = "VALUE"
         elif typing.get_origin(annotation) is Literal:
             kwargs["choices"] = list(typing.get_args(annotation))

@@ -79,3 +79,21 @@ def test_vllm_and_transformers_agree_on_greedy_answers(tmp_path):
         if a.output_token_ids == b.output_token_ids:
             assert (a.response, a.answer, a.correct, a.finish_reason) == (b.response, b.answer, b.correct, b.finish_reason)
     assert vl.summary.engine == "vllm" and vl.summary.engine_info["vllm"]
+
+
+def test_vllm_evaluates_a_lora_adapter_with_the_same_greedy_answers_as_peft(tmp_path):
+    """The vLLM generator runs an adapter checkpoint as base + LoRARequest; `auto` picks it for adapters now."""
+    _serve_python_or_skip()
+    from openchat_core.evaluation.generators import choose_engine, make_generator
+    from openchat_core.templates.conversation import ConversationTemplate
+    from openchat_core.templates.tokenizers import load_tokenizer
+    from tests.integration.lora_models import build_lora_models, peft_greedy
+
+    models = build_lora_models(tmp_path)
+    assert choose_engine("auto", models["a"]) == "vllm"
+    template = ConversationTemplate.from_tokenizer("openchat_3.5", load_tokenizer(models["a"]))
+    prompts = [template.prompt_ids([{"role": "user", "content": q}]) for q in ("Hi", "What is C-RLFT?", "2 + 2 = ?")]
+    vllm = make_generator("vllm", models["a"], log_dir=tmp_path / "vllm").generate(prompts, 8)
+    reference = peft_greedy(models["a"], prompts, 8)
+    assert [g.token_ids for g in vllm] == reference
+    assert reference != peft_greedy(models["base"], prompts, 8)  # the adapter is applied, not ignored

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -58,3 +60,21 @@ def test_merge_adapter_registers_a_full_checkpoint_with_the_same_outputs(tmp_pat
     assert (path / "model.safetensors").is_file() and not (path / "adapter_config.json").exists()
     assert torch.allclose(_logits(path), _logits(adapter_checkpoint), atol=1e-4)
     assert registry.version("1").tags["openchat.adapter.source"] == str(adapter_checkpoint.resolve())
+
+
+def test_serve_resolves_lora_registry_aliases_to_local_adapter_folders(tmp_path, adapter_checkpoint):
+    """`openchat serve ... --lora support=models:/NAME@ALIAS`: the registered adapter's folder goes to the server."""
+    from openchat_core.cli.serve_commands import resolve_lora_args
+    from openchat_core.registry.store import RegistryError
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    registry = ModelRegistry(uri, "support-lora")
+    target = registrable(adapter_checkpoint)
+    registry.set_alias("champion", registry.register(target.checkpoint, None, target.tags).version)
+    args = resolve_lora_args(["--lora", "support=models:/support-lora@champion", "plain=/x", "--port", "1",
+                              "--lora=two=models:/support-lora/1"], uri)
+    support, two = Path(args[1].partition("=")[2]), Path(args[5].removeprefix("--lora=two=").strip())
+    assert args[0] == "--lora" and args[1].startswith("support=") and args[2:5] == ["plain=/x", "--port", "1"]
+    assert (support / "adapter_config.json").is_file() and (two / "adapter_config.json").is_file()
+    with pytest.raises(RegistryError):
+        resolve_lora_args(["--lora", "x=models:/support-lora@missing"], uri)

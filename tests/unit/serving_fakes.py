@@ -20,6 +20,7 @@ from openchat_core.serving.engines.base import (
     EngineConfig,
     EngineRequestError,
     EngineUnavailableError,
+    LoraAdapter,
     SamplingOptions,
     TokenLogprob,
 )
@@ -44,6 +45,19 @@ def make_tokenizer_checkpoint(folder: Path, tokenizer: Any, model_type: str = "o
     (folder / "openchat.json").write_text(json.dumps({"model_type": model_type}))
     header = json.dumps({"__metadata__": {"format": "pt"}}).encode()
     (folder / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)  # valid, no tensors
+    return folder
+
+
+def make_adapter_checkpoint(folder: Path, tokenizer: Any, base: Path, *, rank: int = 8,
+                            modules_to_save: list[str] | None = None) -> Path:
+    """A LoRA checkpoint folder on `base` as the trainer writes it (adapter config, tokenizer, openchat.json), no tensors."""
+    make_tokenizer_checkpoint(folder, tokenizer)
+    (folder / "config.json").unlink()
+    (folder / "model.safetensors").rename(folder / "adapter_model.safetensors")
+    (folder / "adapter_config.json").write_text(json.dumps({"r": rank, "lora_alpha": 16, "base_model_name_or_path": str(base),
+                                                           "modules_to_save": modules_to_save, "peft_type": "LORA"}))
+    (folder / "openchat.json").write_text(json.dumps({"model_type": "openchat_3.5",
+                                                      "adapter": {"type": "lora", "base_model": str(base), "r": rank}}))
     return folder
 
 
@@ -78,6 +92,25 @@ class FakeEngine:
         self.healthy = True
         self.active: set[str] = set()
         self.tokenizer: Any = None
+        self.adapters: dict[int, LoraAdapter] = {}  # loaded LoRA adapters by id
+        self.removed: list[LoraAdapter] = []
+
+    @property
+    def supports_adapters(self) -> bool:
+        return self.config.max_lora_rank is not None
+
+    @property
+    def max_lora_rank(self) -> int | None:
+        return self.config.max_lora_rank
+
+    async def load_adapter(self, name: str, path: Path, rank: int) -> LoraAdapter:
+        """Like vLLM's: one id per load; the "model" then answers `from NAME` for requests with that adapter."""
+        adapter = LoraAdapter(name, path, len(self.adapters) + len(self.removed) + 1, rank)
+        self.adapters[adapter.adapter_id] = adapter
+        return adapter
+
+    async def remove_adapter(self, adapter: LoraAdapter) -> None:
+        self.removed.append(self.adapters.pop(adapter.adapter_id))
 
     @property
     def ready(self) -> bool:
@@ -119,8 +152,11 @@ class FakeEngine:
                     yield Delta(index, "", (), "stop")
                 return
             choices = []
+            if options.adapter is not None and options.adapter.adapter_id not in self.adapters:
+                raise EngineRequestError(f"adapter {options.adapter.name} is not loaded")
             for index in range(options.n):
-                ids = self.tokenizer.encode(self.reply_for(index), add_special_tokens=False).ids
+                reply = f"from {options.adapter.name}" if options.adapter is not None else self.reply_for(index)
+                ids = self.tokenizer.encode(reply, add_special_tokens=False).ids
                 eot = options.stop_token_ids[:1]
                 choices.append((index, [*ids, *eot], ChoiceText(self.tokenizer, prompt_ids, options.stop)))
             produced = [0] * options.n

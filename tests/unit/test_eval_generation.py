@@ -160,6 +160,20 @@ def test_auto_falls_back_to_transformers_without_a_serving_env(monkeypatch, chec
     assert make_generator("auto", checkpoint).name == "transformers"
 
 
+def test_adapters_vllm_cannot_apply_go_to_transformers_under_auto_and_are_refused_by_vllm(monkeypatch, tmp_path,
+                                                                                       mistral_tokenizer):
+    from tests.unit.serving_fakes import make_adapter_checkpoint, make_tokenizer_checkpoint
+
+    base = make_tokenizer_checkpoint(tmp_path / "base", mistral_tokenizer)
+    plain = make_adapter_checkpoint(tmp_path / "plain", mistral_tokenizer, base)
+    embeddings = make_adapter_checkpoint(tmp_path / "emb", mistral_tokenizer, base, modules_to_save=["embed_tokens", "lm_head"])
+    monkeypatch.setattr(generators, "find_serve_python", lambda: tmp_path / "python")
+    assert generators.choose_engine("auto", plain) == "vllm"
+    assert generators.choose_engine("auto", embeddings) == "transformers"
+    with pytest.raises(ValueError, match="engine 'vllm': .*modules_to_save.*registry.merge_adapter: true.*engine transformers"):
+        generators.choose_engine("vllm", embeddings)
+
+
 def test_vllm_engine_without_serving_env_says_how_to_fix(monkeypatch, checkpoint):
     from openchat_core.evaluation import vllm_generator
 

