@@ -122,6 +122,7 @@ def train_in_process(tokens_path: Path, epochs: int, seed: int, args: argparse.N
     import torch
 
     from openchat_core.training.data import TokenDataset
+    from openchat_core.training.optimizer import adamw
     from openchat_core.training.loss import weighted_sums
     from openchat_core.models.model_factory import load_base_model
     from openchat_core.training.sampler import MultipackSampler
@@ -136,7 +137,7 @@ def train_in_process(tokens_path: Path, epochs: int, seed: int, args: argparse.N
     warmup = round(t.warmup_ratio * total)
     model, _ = load_base_model(MODEL, seed=seed, dtype="float32", packed=True)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, weight_decay=t.weight_decay)
+    optimizer = adamw(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, weight_decay=t.weight_decay)
     step = 0
     for plan in plans:
         for indices, num_seqs in zip(plan.rank_batches(0), plan.global_num_seqs):

@@ -38,6 +38,7 @@ BASE = "preset:smollm2-135m"
 def run_variant(name: str, tokens: str, eval_tokens: str, steps: int, batch_max_len: int, eval_rows: int) -> dict:
     import torch
 
+    from openchat_core.training.optimizer import adamw
     from openchat_core.training.settings import TrainConfig
     from openchat_core.models.adapters import apply_lora, trainable_parameter_count
     from openchat_core.models.model_factory import load_base_model, local_model_dir, parameter_count
@@ -54,7 +55,7 @@ def run_variant(name: str, tokens: str, eval_tokens: str, steps: int, batch_max_
         model = apply_lora(model, TrainConfig(adapter="lora", lora_r=r, lora_alpha=2 * r, lora_dropout=0.0),
                            base_path=local_model_dir(BASE))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=5e-5 if r is None else 5e-4, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)
+    optimizer = adamw(trainable, lr=5e-5 if r is None else 5e-4, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)
     data = TokenDataset(tokens, max_len=batch_max_len)
     plan = MultipackSampler(data.lengths, data.num_seqs, batch_max_len, num_ranks=1, seed=0).plan(0)
     batches = plan.rank_batches(0)[:steps]

@@ -51,6 +51,7 @@ from openchat_core.models.presets import MODEL_PRESETS  # noqa: E402
 from openchat_core.templates.tokenizers import load_tokenizer  # noqa: E402
 from openchat_core.training.data import PackedBatch  # noqa: E402
 from openchat_core.training.loss import weighted_sums  # noqa: E402
+from openchat_core.training.optimizer import adamw  # noqa: E402
 from openchat_core.training.sampler import MultipackSampler  # noqa: E402
 
 
@@ -182,7 +183,7 @@ def run(steps: int, cap: int, seed: int, num_seqs: int = 6000, old_baseline: boo
     modes = {name: mode for name, mode in MODES.items() if old_baseline or name != "random_full"}
     models = {name: build_random_model(MODEL_PRESETS["tiny-mistral"], tok, seed=seed, attn_implementation=attn)
               for name, (_, attn, _) in modes.items()}
-    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)
+    optimizers = {name: adamw(m.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)
                   for name, m in models.items()}
     for name, (fn, _, plan) in list(modes.items()) * 2:  # warm-up
         fn(models[name], optimizers[name], seqs, plans[plan][0])

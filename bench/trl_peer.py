@@ -15,10 +15,11 @@ Both sides train one epoch over the same sequences, starting from the same weigh
   tokens; the step counts can differ by a bin if the two packers differ (both are reported).
 - Objective: mean cross-entropy over the step's supervised tokens on both sides (TRL's loss; our
   trainer's own normalisation by num_seqs would only rescale it). AdamW (betas 0.9/0.95, eps 1e-5,
-  weight decay 0.1), constant learning rate, gradient clipping at 1.0, no gradient checkpointing.
+  weight decay 0.1) with torch's fused kernel on both sides (TRL's default, `adamw_torch_fused`; our
+  trainer's `training/optimizer.py`), constant learning rate, gradient clipping at 1.0, no gradient checkpointing.
 - Ours: the trainer's step (its forward and loss, `weighted_sums`: logits only at supervised positions;
   the default packed attention on CPU, `sdpa_varlen`, or `--ours-attn sdpa` to give both sides the same
-  attention; torch AdamW in place of the DeepSpeed engine, as bench/lora_bench.py does). TRL: its own trainer loop and loss (its fused LM head scores every
+  attention; the trainer's fused AdamW without the DeepSpeed engine around it, as bench/lora_bench.py does). TRL: its own trainer loop and loss (its fused LM head scores every
   position in chunks on CPU, supervised-only on CUDA with Triton), the model loaded with `sdpa`
   (transformers builds the block-diagonal mask from the restarting position ids).
 
@@ -152,10 +153,11 @@ class Ours:
                  attn: str = "sdpa_varlen") -> None:
         import torch
 
+        from openchat_core.training.optimizer import adamw
         from openchat_core.training.sampler import MultipackSampler
 
         self.model, _ = load_model(preset, attn, seed)  # sdpa_varlen: the trainer's default packed attention on CPU
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)
+        self.optimizer = adamw(self.model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)
         lengths = np.array([len(s[0]) for s in seqs])
         plan = MultipackSampler(lengths, np.ones(len(seqs)), cap, num_ranks=1, seed=seed).plan(0)
         self.batches = [list(b) for b in plan.rank_batches(0)]
@@ -246,7 +248,7 @@ def run_trl(preset: str, seqs: list[Seq], held: list[Seq], cap: int, lr: float, 
     config = SFTConfig(
         output_dir=str(out_dir), num_train_epochs=1, per_device_train_batch_size=1, gradient_accumulation_steps=1,
         packing=True, packing_strategy="bfd", padding_free=True, max_length=cap,
-        learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.95,
+        learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch_fused", adam_beta1=0.9, adam_beta2=0.95,
         adam_epsilon=1e-5, weight_decay=0.1, max_grad_norm=1.0, gradient_checkpointing=False, bf16=False, fp16=False,
         use_cpu=True, report_to="none", save_strategy="no", logging_steps=1, seed=seed, data_seed=seed,
         dataloader_num_workers=0, disable_tqdm=True)

@@ -9,7 +9,7 @@ code runs over gloo with `DS_ACCELERATOR=cpu`.
 Per step: each rank packs its batch into one row, computes sum(weight x CE) on its supervised
 tokens, scales it by world_size / global_num_seqs (DeepSpeed averages gradients over ranks, so
 the result is OpenChat's loss: the global weighted sum divided by the step's global num_seqs),
-and DeepSpeed steps a torch AdamW (no JIT-compiled optimizer ops) with clipping and ZeRO.
+and DeepSpeed steps a torch AdamW (fused kernel where torch has one; no JIT-compiled DeepSpeed ops) with clipping and ZeRO.
 """
 
 from __future__ import annotations
@@ -151,12 +151,13 @@ class Trainer:
 
     def _setup_engine(self) -> None:
         import deepspeed
-        import torch
+
+        from openchat_core.training.optimizer import adamw
 
         t = self.cfg.train
         self.base_lr = t.lr or auto_learning_rate(self.model_type.name, t.batch_max_len, self.world, self.dataset.supervised_ratio())
         trainable = [p for p in self.model.parameters() if p.requires_grad]  # LoRA: adapters only (no optimizer state for the base)
-        optimizer = torch.optim.AdamW(trainable, lr=self.base_lr, betas=(t.beta1, t.beta2), eps=t.eps, weight_decay=t.weight_decay)
+        optimizer = adamw(trainable, lr=self.base_lr, betas=(t.beta1, t.beta2), eps=t.eps, weight_decay=t.weight_decay)
         ds_config = {
             "train_micro_batch_size_per_gpu": 1,
             "gradient_accumulation_steps": 1,
