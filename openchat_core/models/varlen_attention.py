@@ -18,6 +18,8 @@ with `sdpa` as their attention, so nothing downstream needs this module.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 NAME = "sdpa_varlen"
@@ -77,9 +79,7 @@ def _varlen_call_options(varlen_attn: Any, q: Any, k: Any, v: Any) -> tuple[Any,
 
     torch 2.11 (the GPU image) takes `is_causal` and has no `enable_gqa`; later releases take `window_size=(-1, 0)` and
     `enable_gqa`. Where the kernel cannot group heads itself, K/V heads are repeated here, as `enable_gqa` would."""
-    import inspect
-
-    params = inspect.signature(varlen_attn).parameters
+    params = _parameter_names(varlen_attn)
     options: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
     groups = q.shape[1] // k.shape[1]
     if groups > 1 and "enable_gqa" in params:
@@ -87,6 +87,12 @@ def _varlen_call_options(varlen_attn: Any, q: Any, k: Any, v: Any) -> tuple[Any,
     elif groups > 1:
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     return k, v, options
+
+
+@functools.cache
+def _parameter_names(function: Any) -> frozenset[str]:
+    """A function's parameter names, read once per function: the attention call runs per layer per step."""
+    return frozenset(inspect.signature(function).parameters)
 
 
 def sdpa_varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
