@@ -79,14 +79,11 @@ def main(argv: list[str] | None = None) -> int:
 
     lora_args, lora_request = {}, None
     if args.lora:
-        from typing import get_args
-
-        from vllm.config.lora import MaxLoRARanks
         from vllm.lora.request import LoRARequest
 
-        from openchat_core.models.adapters import round_up_rank
+        from openchat_core.models.adapters import vllm_max_lora_rank
 
-        lora_args = {"enable_lora": True, "max_loras": 1, "max_lora_rank": round_up_rank(args.lora_rank or 1, get_args(MaxLoRARanks))}
+        lora_args = {"enable_lora": True, "max_loras": 1, "max_lora_rank": vllm_max_lora_rank(args.lora_rank or 1)}
         lora_request = LoRARequest("adapter", 1, args.lora)
     llm = LLM(model=args.model, dtype=args.dtype, max_model_len=args.max_model_len,
               max_num_batched_tokens=args.max_model_len, tensor_parallel_size=args.tensor_parallel_size,

@@ -149,3 +149,12 @@ def round_up_rank(rank: int, supported: Iterable[int]) -> int:
     if not fitting:
         raise ValueError(f"LoRA rank {rank} is above the largest rank this engine supports ({max(supported)})")
     return fitting[0]
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """`rank` rounded up to a `max_lora_rank` vLLM accepts (`vllm.config.lora.MaxLoRARanks`); serving env only."""
+    from typing import get_args
+
+    from vllm.config.lora import MaxLoRARanks
+
+    return round_up_rank(rank, get_args(MaxLoRARanks))

@@ -341,7 +341,6 @@ class MultipackSampler:
         return np.concatenate([bin_of, np.full(len(lengths) - keep, -1, np.int64)]), num_bins
 
 
-
 def _positive_int(name: str, value) -> int:
     v = _non_negative_int(name, value)
     if v == 0:

@@ -110,13 +110,9 @@ class VLLMEngine:
         """The rank vLLM was started with (the configured one rounded up to a supported value), None if LoRA is off."""
         if self.config.max_lora_rank is None:
             return None
-        from typing import get_args
+        from openchat_core.models.adapters import vllm_max_lora_rank
 
-        from vllm.config.lora import MaxLoRARanks
-
-        from openchat_core.models.adapters import round_up_rank
-
-        return round_up_rank(self.config.max_lora_rank, get_args(MaxLoRARanks))
+        return vllm_max_lora_rank(self.config.max_lora_rank)
 
     @property
     def ready(self) -> bool:
