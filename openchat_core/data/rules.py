@@ -17,7 +17,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from openchat_core.schema import ROLES
+from openchat_core.schema import OPENCHAT_ROLES as ROLES
 
 DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024  # a longer line is rejected (line_too_long) without being loaded
 
